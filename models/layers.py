@@ -1,0 +1,187 @@
+"""Pure-function layers on NHWC arrays.
+
+Every function here is a plain ``jnp`` computation: jit-, vmap- and grad-safe, and written
+so that the gradient with respect to the *input* (what inversion needs) is cheap on CPU as
+well as on accelerators:
+
+* k×k/k pooling is a reshape followed by a reduction (no ``reduce_window``, whose max
+  gradient is a slow select-and-scatter on XLA:CPU);
+* a k×k/k transposed convolution (kernel size equal to the stride, the U-Net case) is one
+  matrix product followed by a depth-to-space reshape (no dilated convolution).
+
+Conventions: images are ``(batch, height, width, channels)``; kernels are HWIO
+``(kh, kw, c_in, c_out)``. ``conv_transpose2d`` follows ``jax.lax.conv_transpose`` with
+``transpose_kernel=False`` (the Flax ``ConvTranspose`` convention).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _check_image(x, name: str = "x") -> None:
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(
+            f"{name} must be an NHWC array of rank 4, got shape {getattr(x, 'shape', None)}"
+        )
+
+
+def _check_kernel(x, kernel, *, in_axis: int = 2) -> None:
+    _check_image(x)
+    if getattr(kernel, "ndim", None) != 4:
+        raise ValueError(
+            f"kernel must be HWIO of rank 4, got shape {getattr(kernel, 'shape', None)}"
+        )
+    if kernel.shape[in_axis] != x.shape[-1]:
+        raise ValueError(
+            f"kernel expects {kernel.shape[in_axis]} input channels (kernel shape "
+            f"{kernel.shape}), but x has {x.shape[-1]} channels (x shape {x.shape})"
+        )
+
+
+def _check_window(x, window: int) -> None:
+    _check_image(x)
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    h, w = x.shape[1:3]
+    if h % window or w % window:
+        raise ValueError(f"spatial size {h}×{w} is not divisible by the pooling window {window}")
+
+
+def conv2d(
+    x: Float[Array, "b h w ci"],
+    kernel: Float[Array, "kh kw ci co"],
+    bias: Float[Array, " co"] | None = None,
+    *,
+    stride: int = 1,
+    padding: str = "SAME",
+) -> Float[Array, "b ho wo co"]:
+    """2-D cross-correlation: y[b,i,j,o] = Σ_{a,c,ci} x[b, s·i+a, s·j+c, ci] · K[a,c,ci,o] + bias[o].
+
+    ``padding='SAME'`` zero-pads so that ``ho = ceil(h / s)``; ``'VALID'`` does not pad.
+    """
+    _check_kernel(x, kernel)
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    y = jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
+    )
+    return y if bias is None else y + bias
+
+
+def conv_transpose2d(
+    x: Float[Array, "b h w ci"],
+    kernel: Float[Array, "kh kw ci co"],
+    bias: Float[Array, " co"] | None = None,
+    *,
+    stride: int = 2,
+) -> Float[Array, "b sh sw co"]:
+    """Transposed convolution that upsamples by ``stride``: output ``(b, s·h, s·w, co)``.
+
+    Equal to ``lax.conv_transpose(x, K, (s, s), padding, transpose_kernel=False)``: the
+    input is dilated by s and cross-correlated with K. When the kernel size equals the
+    stride (the U-Net's 2×2/2 up-convolution) the windows do not overlap and
+
+        y[b, s·i+a, s·j+c, o] = Σ_ci x[b,i,j,ci] · K[s−1−a, s−1−c, ci, o] + bias[o],
+
+    computed as one matrix product and a depth-to-space reshape. Other kernel sizes use
+    ``'SAME'`` padding through ``lax.conv_transpose``.
+    """
+    _check_kernel(x, kernel)
+    kh, kw = kernel.shape[:2]
+    if (kh, kw) == (stride, stride):
+        b, h, w, _ = x.shape
+        flipped = kernel[::-1, ::-1]
+        y = jnp.einsum("bijc,aeco->biajeo", x, flipped)
+        y = y.reshape(b, h * stride, w * stride, kernel.shape[-1])
+    else:
+        y = jax.lax.conv_transpose(
+            x, kernel, (stride, stride), "SAME", dimension_numbers=_DIMENSIONS
+        )
+    return y if bias is None else y + bias
+
+
+def _windows(x, window: int):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // window, window, w // window, window, c)
+
+
+def max_pool2d(x: Float[Array, "b h w c"], window: int = 2) -> Float[Array, "b hk wk c"]:
+    """Non-overlapping k×k/k max pooling: y[b,i,j,c] = max_{a,e<k} x[b, k·i+a, k·j+e, c].
+
+    The input-gradient is routed to the window's maximum (shared equally among exact ties,
+    where ``reduce_window`` would pick one).
+    """
+    _check_window(x, window)
+    return _windows(x, window).max(axis=(2, 4))
+
+
+def avg_pool2d(x: Float[Array, "b h w c"], window: int = 2) -> Float[Array, "b hk wk c"]:
+    """Non-overlapping k×k/k average pooling: y = (1/k²) Σ_{a,e<k} x[b, k·i+a, k·j+e, c]."""
+    _check_window(x, window)
+    return _windows(x, window).mean(axis=(2, 4))
+
+
+def relu(x: Array) -> Array:
+    """ReLU: max(x, 0). Not injective: every x ≤ 0 maps to 0."""
+    return jax.nn.relu(x)
+
+
+def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
+    """Leaky ReLU: x for x ≥ 0, a·x otherwise. Invertible for a > 0: x = y if y ≥ 0 else y/a."""
+    return jnp.where(x >= 0, x, negative_slope * x)
+
+
+def sigmoid(x: Array) -> Array:
+    """Logistic sigmoid 1 / (1 + e^{−x}); its inverse on (0, 1) is logit(y) = log(y/(1−y))."""
+    return jax.nn.sigmoid(x)
+
+
+def tanh(x: Array) -> Array:
+    """Hyperbolic tangent; its inverse on (−1, 1) is artanh."""
+    return jnp.tanh(x)
+
+
+def upsample_bilinear(x: Float[Array, "b h w c"], factor: int = 2) -> Float[Array, "b fh fw c"]:
+    """Bilinear upsampling by an integer factor (half-pixel centres, edge-clamped).
+
+    Linear in x: y = (A_h ⊗ A_w) x with fixed interpolation matrices, so it has full
+    column rank and a linear left inverse.
+    """
+    _check_image(x)
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    b, h, w, c = x.shape
+    return jax.image.resize(x, (b, h * factor, w * factor, c), method="bilinear")
+
+
+def concat_skip(x: Float[Array, "b h w c1"], skip: Float[Array, "b h w c2"]) -> Array:
+    """U-Net skip connection: concatenate ``x`` and ``skip`` along channels (lossless)."""
+    _check_image(x)
+    _check_image(skip, "skip")
+    if x.shape[:3] != skip.shape[:3]:
+        raise ValueError(
+            f"skip connection needs equal batch and spatial sizes, got x {x.shape} "
+            f"and skip {skip.shape}"
+        )
+    return jnp.concatenate([x, skip], axis=-1)
+
+
+ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+}
+
+
+def activation(name: str):
+    """The activation function called ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]

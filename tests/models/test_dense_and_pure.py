@@ -1,0 +1,72 @@
+"""Dense models and the pure forms (split, feature_fn, layer_names)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import models
+
+
+def test_linear_is_affine():
+    model = models.Linear(3, 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    w, b = np.asarray(model.kernel[...]), np.asarray(model.bias[...])
+    np.testing.assert_allclose(model(x), np.asarray(x) @ w + b, rtol=1e-6)
+    assert models.layer_names(model) == ["out"]
+
+
+@pytest.mark.parametrize("activation", ["linear", "sigmoid", "tanh", "relu", "leaky_relu"])
+def test_mlp_layers_and_activations(activation):
+    model = models.MLP(4, (8, 6, 2), activation, rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(1), (3, 4))
+    acts = model.features(x)
+    assert list(acts) == models.layer_names(model) == ["dense1", "act1", "dense2", "act2", "out"]
+    act = models.layers.activation(activation)
+    np.testing.assert_allclose(acts["act1"], act(acts["dense1"]), rtol=1e-6)
+    np.testing.assert_allclose(acts["out"], model.dense[2](acts["act2"]), rtol=1e-6)
+
+
+def test_single_sigmoid_unit():
+    model = models.MLP(1, (1,), "sigmoid", activate_output=True, rngs=nnx.Rngs(0))
+    x = jnp.array([[0.3]])
+    z = model.features(x)["dense1"]
+    np.testing.assert_allclose(model(x), jax.nn.sigmoid(z), rtol=1e-6)
+
+
+def test_dense_bad_input():
+    with pytest.raises(ValueError, match="unknown activation 'softplusy'"):
+        models.MLP(2, (3,), "softplusy", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
+        models.Linear(3, 1, rngs=nnx.Rngs(0))(jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="features"):
+        models.MLP(2, (), rngs=nnx.Rngs(0))
+
+
+def test_split_is_pure_and_composes_with_jit_vmap_grad():
+    model = models.UNet(features=(4, 8), rngs=nnx.Rngs(0))
+    apply_fn, params = models.split(model)
+    x = jax.random.normal(jax.random.key(2), (3, 8, 8, 1))
+    np.testing.assert_allclose(apply_fn(params, x), model(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(apply_fn)(params, x), model(x), rtol=1e-5, atol=1e-6)
+    per_sample = jax.vmap(lambda xi: apply_fn(params, xi[None])[0])(x)
+    np.testing.assert_allclose(per_sample, model(x), rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda x: jnp.sum(apply_fn(params, x) ** 2))(x)
+    assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
+    # Changing params changes the output: the function really depends on them.
+    doubled = jax.tree.map(lambda p: 2 * p, params)
+    assert not np.allclose(apply_fn(doubled, x), apply_fn(params, x))
+
+
+def test_feature_fn_returns_each_named_activation():
+    model = models.seed_unet(1)
+    x = jax.random.normal(jax.random.key(3), (1, 16, 16, 1))
+    acts = model.features(x)
+    for name in ("enc1", "pool2", "bottleneck", "dec2", "out"):
+        fn, params = models.feature_fn(model, name)
+        np.testing.assert_allclose(jax.jit(fn)(params, x), acts[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown layer 'enc9'"):
+        models.feature_fn(model, "enc9")
+    with pytest.raises(TypeError, match="features"):
+        models.split(lambda x: x)
