@@ -185,6 +185,22 @@ class UNet(nnx.Module):
     def __call__(self, x):
         return self.features(x)["out"]
 
+    def conv_layers(self) -> dict[str, nnx.Module]:
+        """Every layer with weights, in forward order: ``enc1.conv1``, …, ``bottleneck.conv1``,
+        ``up2``, ``dec2.conv1``, …, ``out``; each has ``kernel`` (HWIO) and ``bias`` params."""
+        named: dict[str, nnx.Module] = {}
+        for level, block in enumerate(self.encoders, start=1):
+            named.update({f"enc{level}.conv{i}": c for i, c in enumerate(block.convs, start=1)})
+        named.update({f"bottleneck.conv{i}": c for i, c in enumerate(self.bottleneck.convs, 1)})
+        for level, up, decoder in zip(
+            range(self.depth - 1, 0, -1), self.ups, self.decoders, strict=True
+        ):
+            named[f"up{level}"] = up
+            if decoder is not None:
+                named.update({f"dec{level}.conv{i}": c for i, c in enumerate(decoder.convs, 1)})
+        named["out"] = self.out
+        return named
+
     def layer_names(self) -> list[str]:
         """Names of the intermediates, in forward order (independent of the input size)."""
         size = 2 ** (self.depth - 1)

@@ -38,15 +38,17 @@ def test_seed_unet_parameter_count_and_layer_shapes():
     assert models.layer_names(model) == list(SEED_SHAPES)
     shapes = jax.eval_shape(model.features, jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32))
     assert {k: v.shape for k, v in shapes.items()} == SEED_SHAPES
-    convs = [
-        model.encoders[0].convs[0],
-        model.encoders[1].convs[0],
-        model.bottleneck.convs[0],
-        model.ups[0],
-        model.decoders[0].convs[0],
-        model.ups[1],
-        model.out,
+    named = model.conv_layers()
+    assert list(named) == [
+        "enc1.conv1",
+        "enc2.conv1",
+        "bottleneck.conv1",
+        "up2",
+        "dec2.conv1",
+        "up1",
+        "out",
     ]
+    convs = list(named.values())
     assert [(c.kernel.shape, c.bias.shape) for c in convs] == SEED_PARAM_SHAPES
     assert model.decoders[1] is None  # the top level goes straight to the output conv
 
