@@ -1,22 +1,17 @@
 """Everything with weights: pure layers, Flax NNX models, data, training, checkpoints."""
 
 from models import data, layers
+from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
 from models.dense import MLP, Linear
+from models.losses import dice, iou, segmentation_loss
 from models.pure import count_parameters, feature_fn, layer_names, split
 from models.seed import SEED_UNET_CONFIG, SEED_UNET_PARAMETERS, seed_unet
+from models.training import TrainConfig, TrainResult, evaluate, train
 from models.unet import UNet
 
 __all__ = [
-    "MLP",
-    "SEED_UNET_CONFIG",
-    "SEED_UNET_PARAMETERS",
-    "Linear",
-    "UNet",
-    "count_parameters",
-    "data",
-    "feature_fn",
-    "layer_names",
-    "layers",
-    "seed_unet",
-    "split",
+    "MLP", "SEED_UNET_CONFIG", "SEED_UNET_PARAMETERS", "CheckpointError", "Linear", "TrainConfig",
+    "TrainResult", "UNet", "cached_train", "count_parameters", "data", "dice", "evaluate",
+    "feature_fn", "iou", "layer_names", "layers", "restore_model", "save_model", "seed_unet",
+    "segmentation_loss", "split", "train",
 ]

@@ -6,11 +6,14 @@ intermediates through ``features(x)`` like :class:`models.UNet`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from models import layers
+from models.init import lecun_normal
 
 
 def _check_features(x, in_features: int, model: str) -> None:
@@ -28,21 +31,31 @@ def _positive(name: str, value) -> int:
     return value
 
 
+class LinearConfig(NamedTuple):
+    in_features: int
+    out_features: int
+
+
+class MLPConfig(NamedTuple):
+    in_features: int
+    features: tuple[int, ...]
+    activation: str
+    activate_output: bool
+
+
 class Linear(nnx.Module):
     """Affine map y = x Wᵀ + b with W of shape (out_features, in_features) stored as ``kernel``
     (in_features, out_features), the Flax convention: y = x @ kernel + bias."""
 
     def __init__(self, in_features: int = 1, out_features: int = 1, *, rngs: nnx.Rngs):
-        self.config = dict(
-            in_features=_positive("in_features", in_features),
-            out_features=_positive("out_features", out_features),
+        self.config = LinearConfig(
+            _positive("in_features", in_features), _positive("out_features", out_features)
         )
-        init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32))
+        self.kernel = nnx.Param(lecun_normal(rngs.params(), (in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
 
     def features(self, x) -> dict[str, jax.Array]:
-        _check_features(x, self.config["in_features"], "Linear")
+        _check_features(x, self.config.in_features, "Linear")
         return {"out": x @ self.kernel[...] + self.bias[...]}
 
     def __call__(self, x):
@@ -76,7 +89,7 @@ class MLP(nnx.Module):
         for i, f in enumerate(features):
             _positive(f"features[{i}]", f)
         layers.activation(activation)  # validates the name
-        self.config = dict(
+        self.config = MLPConfig(
             in_features=_positive("in_features", in_features),
             features=features,
             activation=activation,
@@ -88,12 +101,12 @@ class MLP(nnx.Module):
         )
 
     def features(self, x) -> dict[str, jax.Array]:
-        _check_features(x, self.config["in_features"], "MLP")
-        act = layers.activation(self.config["activation"])
+        _check_features(x, self.config.in_features, "MLP")
+        act = layers.activation(self.config.activation)
         acts, n = {}, len(self.dense)
         for i, dense in enumerate(self.dense, start=1):
             x = dense(x)
-            if i < n or self.config["activate_output"]:
+            if i < n or self.config.activate_output:
                 acts[f"dense{i}"] = x
                 x = act(x)
                 if i < n:
@@ -105,5 +118,5 @@ class MLP(nnx.Module):
         return self.features(x)["out"]
 
     def layer_names(self) -> list[str]:
-        probe = jnp.zeros((1, self.config["in_features"]), jnp.float32)
+        probe = jnp.zeros((1, self.config.in_features), jnp.float32)
         return list(self.features(probe))

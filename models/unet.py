@@ -21,22 +21,36 @@ cat1, [dec1], out``), returned in forward order by :meth:`UNet.features`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from models import layers
+from models.init import he_normal
 
 POOLS = ("max", "avg", "stride")
 UPS = ("transpose", "bilinear")
+
+
+class UNetConfig(NamedTuple):
+    """The constructor arguments of a :class:`UNet` (hashable, JSON-friendly via ``_asdict``)."""
+
+    in_channels: int
+    out_channels: int
+    features: tuple[int, ...]
+    convs_per_block: int
+    pool: str
+    up: str
+    skips: bool
 
 
 class _Conv(nnx.Module):
     """A conv with HWIO kernel and bias, applied with :func:`models.layers.conv2d`."""
 
     def __init__(self, c_in: int, c_out: int, size: int, *, rngs: nnx.Rngs):
-        init = nnx.initializers.he_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (size, size, c_in, c_out), jnp.float32))
+        self.kernel = nnx.Param(he_normal(rngs.params(), (size, size, c_in, c_out)))
         self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32))
 
     def __call__(self, x, *, stride: int = 1):
@@ -47,8 +61,7 @@ class _ConvTranspose(nnx.Module):
     """A 2×2/2 transposed conv (HWIO kernel) via :func:`models.layers.conv_transpose2d`."""
 
     def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs):
-        init = nnx.initializers.he_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (2, 2, c_in, c_out), jnp.float32))
+        self.kernel = nnx.Param(he_normal(rngs.params(), (2, 2, c_in, c_out)))
         self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32))
 
     def __call__(self, x):
@@ -99,7 +112,7 @@ class UNet(nnx.Module):
             raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
         if up not in UPS:
             raise ValueError(f"unknown up {up!r}; expected one of {UPS}")
-        self.config = dict(
+        self.config = UNetConfig(
             in_channels=in_channels,
             out_channels=out_channels,
             features=features,
@@ -134,7 +147,7 @@ class UNet(nnx.Module):
 
     @property
     def depth(self) -> int:
-        return len(self.config["features"])
+        return len(self.config.features)
 
     def check_input(self, x) -> None:
         """ValueError unless x is NHWC with ``in_channels`` channels and size divisible by 2^(D−1)."""
@@ -143,9 +156,9 @@ class UNet(nnx.Module):
             raise ValueError(
                 f"UNet input must be NHWC of rank 4, got shape {getattr(x, 'shape', None)}"
             )
-        if x.shape[-1] != cfg["in_channels"]:
+        if x.shape[-1] != cfg.in_channels:
             raise ValueError(
-                f"UNet expects {cfg['in_channels']} input channels, got {x.shape[-1]} (shape {x.shape})"
+                f"UNet expects {cfg.in_channels} input channels, got {x.shape[-1]} (shape {x.shape})"
             )
         factor = 2 ** (self.depth - 1)
         if x.shape[1] % factor or x.shape[2] % factor:
@@ -159,23 +172,23 @@ class UNet(nnx.Module):
         """All named intermediates, in forward order (the last one is ``out``)."""
         self.check_input(x)
         cfg, acts, skips = self.config, {}, []
-        stride = 2 if cfg["pool"] == "stride" else 1
+        stride = 2 if cfg.pool == "stride" else 1
         for level, block in enumerate(self.encoders, start=1):
             x = block(x, first_stride=stride if level > 1 else 1)
             acts[f"enc{level}"] = x
             skips.append(x)
-            if cfg["pool"] == "max":
+            if cfg.pool == "max":
                 x = acts[f"pool{level}"] = layers.max_pool2d(x)
-            elif cfg["pool"] == "avg":
+            elif cfg.pool == "avg":
                 x = acts[f"pool{level}"] = layers.avg_pool2d(x)
         x = acts["bottleneck"] = self.bottleneck(x, first_stride=stride)
         for level, up, decoder in zip(
             range(self.depth - 1, 0, -1), self.ups, self.decoders, strict=True
         ):
             x = acts[f"up{level}"] = (
-                up(x) if cfg["up"] == "transpose" else up(layers.upsample_bilinear(x))
+                up(x) if cfg.up == "transpose" else up(layers.upsample_bilinear(x))
             )
-            if cfg["skips"]:
+            if cfg.skips:
                 x = acts[f"cat{level}"] = layers.concat_skip(x, skips[level - 1])
             if decoder is not None:
                 x = acts[f"dec{level}"] = decoder(x)
@@ -204,7 +217,7 @@ class UNet(nnx.Module):
     def layer_names(self) -> list[str]:
         """Names of the intermediates, in forward order (independent of the input size)."""
         size = 2 ** (self.depth - 1)
-        probe = jax.ShapeDtypeStruct((1, size, size, self.config["in_channels"]), jnp.float32)
+        probe = jax.ShapeDtypeStruct((1, size, size, self.config.in_channels), jnp.float32)
         graphdef, state = nnx.split(self)
         names: list[str] = []  # filled while tracing: eval_shape would sort the dict's keys
 

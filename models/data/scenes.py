@@ -128,5 +128,3 @@ def _texture(rng: np.random.Generator, n: int, size: int, channels: int) -> np.n
     texture = (basis @ coef.astype(np.float32) @ basis.T).transpose(0, 2, 3, 1)  # (n, H, W, C)
     rms = np.sqrt(np.mean(texture**2, axis=(1, 2), keepdims=True))
     return texture / np.maximum(rms, 1e-6)
-
-

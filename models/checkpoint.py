@@ -1,0 +1,368 @@
+"""Checkpoints with orbax, checked on restore, and a cache of trained models.
+
+A checkpoint directory holds one sub-directory per step (an orbax ``CheckpointManager``), each
+with two items: ``state`` (the pytree of arrays, ``StandardSave``) and ``meta`` (JSON): the
+format tag, a manifest ``[(path, shape, dtype)]`` of the leaves, a SHA-256 checksum of their
+bytes and the caller's metadata. Restoring checks the manifest against the template (a
+different model is a `CheckpointError`, not a deep orbax failure) and the checksum against the
+restored bytes (a damaged file is a `CheckpointError` even where orbax would not notice).
+
+`cached_train` keys a trained model by ``sha256(model config, TrainConfig, data fingerprints)``
+and stores it under ``$INVERSION_CACHE`` (default ``.cache/models``): the first call trains
+(resumably), later calls restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+if TYPE_CHECKING:
+    from models.training import TrainConfig, TrainResult
+
+__all__ = [
+    "CheckpointError",
+    "available_steps",
+    "cache_key",
+    "cached_train",
+    "load_metadata",
+    "restore_model",
+    "restore_tree",
+    "save_model",
+    "save_tree",
+]
+
+_FORMAT = "inversion-lab-checkpoint/1"
+_CACHE_FORMAT = "inversion-lab-cache/1"
+DEFAULT_CACHE_DIR = ".cache/models"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be restored: corrupted, or of another model."""
+
+
+def _host_leaves(tree) -> list[tuple[str, np.ndarray]]:
+    """``(path, host array)`` per leaf; PRNG keys as their raw ``uint32`` key data."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out.append((jax.tree_util.keystr(path), np.asarray(leaf)))
+    return out
+
+
+def _manifest(tree) -> list[list]:
+    return [
+        [jax.tree_util.keystr(p), list(leaf.shape), str(leaf.dtype)]
+        for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+
+
+def _checksum(tree) -> str:
+    digest = hashlib.sha256()
+    for path, leaf in _host_leaves(tree):
+        digest.update(f"{path}|{leaf.dtype}|{leaf.shape}|".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _manager(directory: pathlib.Path, *, write: bool, keep: int | None = None):
+    options = ocp.CheckpointManagerOptions(
+        create=write,
+        enable_async_checkpointing=False,
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep) if keep else None,
+    )
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def available_steps(directory) -> list[int]:
+    """The finished checkpoint steps in ``directory``, ascending (``[]`` if there are none)."""
+    path = pathlib.Path(directory)
+    if not path.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in path.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+    )
+
+
+def save_tree(
+    directory, tree, *, step: int, metadata: dict | None = None, keep: int | None = None
+) -> pathlib.Path:
+    """Save a pytree of arrays as checkpoint ``step`` of ``directory`` (replacing that step).
+
+    ``metadata`` must be JSON-serialisable; ``keep`` keeps only the latest ``keep`` steps.
+    Returns the step's directory.
+    """
+    return _save(directory, tree, step=step, metadata=metadata, keep=keep, model=None)
+
+
+def _save(directory, tree, *, step, metadata, keep, model: str | None) -> pathlib.Path:
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"metadata must be JSON-serialisable: {err}") from err
+    path = pathlib.Path(directory)
+    meta = {
+        "format": _FORMAT,
+        "manifest": _manifest(tree),
+        "checksum": _checksum(tree),
+        "metadata": metadata,
+        "model": model,
+    }
+    with _manager(path, write=True, keep=keep) as manager:
+        if int(step) in manager.all_steps():
+            manager.delete(int(step))
+        manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        manager.wait_until_finished()
+    return path / str(int(step))
+
+
+def _resolve_step(directory, step: int | None) -> tuple[pathlib.Path, int]:
+    path = pathlib.Path(directory)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint directory at {path.absolute()}")
+    steps = available_steps(path)
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {path.absolute()}")
+    if step is None:
+        return path, steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(
+            f"no checkpoint for step {step} in {path.absolute()}; available steps: {steps}"
+        )
+    return path, step
+
+
+def _read_meta(path: pathlib.Path, step: int) -> dict:
+    where = path.absolute() / str(step)
+    try:
+        with _manager(path, write=False) as manager:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as err:  # orbax/json raise many types for damaged files
+        raise CheckpointError(
+            f"checkpoint {where} is corrupted or unreadable (metadata): {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise CheckpointError(f"{where} is not a checkpoint written by save_tree")
+    return meta
+
+
+def load_metadata(directory, *, step: int | None = None) -> dict | None:
+    """The ``metadata`` that was saved with checkpoint ``step`` (default: the latest)."""
+    path, step = _resolve_step(directory, step)
+    return _read_meta(path, step)["metadata"]
+
+
+def _abstract(leaf):
+    sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(
+        jax.devices()[0]
+    )
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+
+def restore_tree(directory, template, *, step: int | None = None) -> tuple[Any, dict | None]:
+    """Restore checkpoint ``step`` (default: latest) into the structure of ``template``.
+
+    ``template`` holds arrays or ``jax.ShapeDtypeStruct``s of the saved shapes and dtypes.
+    Returns ``(tree, metadata)``. FileNotFoundError if there is no such checkpoint;
+    `CheckpointError` if it is corrupted or its leaves differ from the template's.
+    """
+    path, step = _resolve_step(directory, step)
+    where = path.absolute() / str(step)
+    meta = _read_meta(path, step)
+    expected = _manifest(template)
+    if meta["manifest"] != expected:
+        saved = {p: (s, d) for p, s, d in meta["manifest"]}
+        wanted = {p: (s, d) for p, s, d in expected}
+        diff = sorted(p for p in saved.keys() | wanted.keys() if saved.get(p) != wanted.get(p))
+        raise CheckpointError(
+            f"checkpoint {where} does not match the template: leaves differ at {diff[:5]} "
+            f"(saved {[saved.get(p) for p in diff[:5]]}, template "
+            f"{[wanted.get(p) for p in diff[:5]]})"
+        )
+    abstract = jax.tree.map(_abstract, template)
+    try:
+        with _manager(path, write=False) as manager:
+            tree = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            ).state
+    except Exception as err:  # tensorstore/orbax raise many types for damaged files
+        raise CheckpointError(
+            f"checkpoint {where} is corrupted or unreadable: {type(err).__name__}: {err}"
+        ) from err
+    if _checksum(tree) != meta["checksum"]:
+        raise CheckpointError(f"checkpoint {where} is corrupted: its checksum does not match")
+    return tree, meta["metadata"]
+
+
+def save_model(
+    directory, model: nnx.Module, *, step: int = 0, metadata: dict | None = None
+) -> pathlib.Path:
+    """Save the whole state of ``model`` (``nnx.state``) as checkpoint ``step`` of ``directory``."""
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+    return _save(
+        directory,
+        nnx.state(model),
+        step=step,
+        metadata=metadata,
+        keep=None,
+        model=type(model).__name__,
+    )
+
+
+def restore_model(directory, model_template: nnx.Module, *, step: int | None = None) -> nnx.Module:
+    """A new model: the graph of ``model_template`` with the state of checkpoint ``step``.
+
+    ``model_template`` comes from the same constructor, e.g. ``nnx.eval_shape(lambda: UNet(…))``
+    (no memory allocated) or a concretely initialised model; it is not modified.
+    """
+    if not isinstance(model_template, nnx.Module):
+        raise TypeError(
+            f"model_template must be a flax.nnx.Module, got {type(model_template).__name__}"
+        )
+    graphdef, state = nnx.split(model_template)
+    path, step = _resolve_step(directory, step)
+    saved_class = _read_meta(path, step).get("model")
+    if saved_class != type(model_template).__name__:
+        raise CheckpointError(
+            f"checkpoint {path.absolute() / str(step)} holds a {saved_class}, not a "
+            f"{type(model_template).__name__}"
+        )
+    restored, _ = restore_tree(path, state, step=step)
+    return nnx.merge(graphdef, restored)
+
+
+def _fingerprint(arrays) -> str:
+    digest = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        digest.update(f"{a.dtype}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model_config: dict, config: TrainConfig, train_data, eval_data=None) -> str:
+    """``sha256`` of the model config, the `TrainConfig` and the bytes of the data (hex)."""
+    from models.training import as_pair
+
+    try:
+        model_json = json.dumps(model_config, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"model_config must be JSON-serialisable: {err}") from err
+    parts = {
+        "format": _CACHE_FORMAT,
+        "model": model_json,
+        "train": config.to_json(),
+        "train_data": _fingerprint(as_pair(train_data, task=config.task, name="train_data")),
+        "eval_data": None
+        if eval_data is None
+        else _fingerprint(as_pair(eval_data, task=config.task, name="eval_data")),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cached_train(
+    build_model: Callable[[], nnx.Module],
+    model_config: dict,
+    train_data,
+    *,
+    config: TrainConfig,
+    eval_data=None,
+    cache_dir=None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """`models.training.train` with a disk cache: train once, restore afterwards.
+
+    ``build_model()`` must build the (untrained) model that ``model_config`` describes; the
+    entry lives in ``cache_dir / cache_key(...)[:24]`` (``cache_dir`` defaults to
+    ``$INVERSION_CACHE`` or ``.cache/models``). A hit restores the model and its history and
+    returns ``from_cache=True``; a damaged entry is deleted and retrained with a warning;
+    ``retrain=True`` ignores any entry. Training checkpoints inside the entry, so an
+    interrupted first call resumes where it stopped.
+    """
+    from models.training import TrainConfig, TrainResult, train
+
+    if not callable(build_model):
+        raise TypeError(f"build_model must be a callable returning a model, got {build_model!r}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    root = pathlib.Path(cache_dir or os.environ.get("INVERSION_CACHE") or DEFAULT_CACHE_DIR)
+    key = cache_key(model_config, config, train_data, eval_data)
+    entry = root / key[:24]
+    model_dir = entry / "model"
+    if retrain:
+        shutil.rmtree(entry, ignore_errors=True)
+    elif available_steps(model_dir):
+        try:
+            model = restore_model(model_dir, nnx.eval_shape(build_model))
+            history = load_metadata(model_dir)["history"]
+            return TrainResult(model, history, from_cache=True)
+        except CheckpointError as err:
+            warnings.warn(
+                f"discarding the damaged cache entry {entry}: {err}; retraining",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            shutil.rmtree(entry, ignore_errors=True)
+    shutil.rmtree(model_dir, ignore_errors=True)  # an unfinished or unlisted save, if any
+    train_dir = entry / "train"
+    try:
+        result = train(
+            build_model(),
+            train_data,
+            config=config,
+            eval_data=eval_data,
+            checkpoint_dir=train_dir,
+            progress=progress,
+        )
+    except CheckpointError as err:
+        warnings.warn(
+            f"discarding the damaged training checkpoint {train_dir}: {err}; "
+            "training from the start",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        shutil.rmtree(train_dir, ignore_errors=True)
+        result = train(
+            build_model(),
+            train_data,
+            config=config,
+            eval_data=eval_data,
+            checkpoint_dir=train_dir,
+            progress=progress,
+        )
+    save_model(
+        model_dir,
+        result.model,
+        step=config.steps,
+        metadata={
+            "history": result.history,
+            "model_config": model_config,
+            "train_config": config.to_dict(),
+            "key": key,
+        },
+    )
+    shutil.rmtree(train_dir, ignore_errors=True)
+    return result
