@@ -1,0 +1,235 @@
+"""Gradient-based inversion: find ``x`` with ``fn(x) ~ y`` by descending ``J(x)`` w.r.t. ``x``.
+
+``J(x) = L(fn(x), y) + sum_k R_k(x)``, minimised by an optax optimiser, optionally projected onto
+box bounds after every step. ``invert`` solves one target; ``invert_batch`` solves many (and
+several random restarts each) as ONE batched problem: ``fn`` is ``vmap``-ed over rows, chunked to
+bound memory and optionally sharded over a device mesh. Rows never interact, so a batch gives
+the same answer as separate ``invert`` calls. See :mod:`inversion.loop` for the step rules and
+:mod:`inversion.result` for the result layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float
+
+from inversion import engine_checks as chk
+from inversion import regularizers as regs
+from inversion.engine_run import solve_rows
+from inversion.loop import Problem
+from inversion.losses import LossFn, get_loss
+from inversion.result import Result
+
+DEFAULT_INIT_SCALE = 0.1
+
+
+def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learning_rate, steps,
+           regularizers, bounds, tol, loop, init_scale, check_every, mesh):
+    """Validate everything shared by ``invert``/``invert_batch`` (nothing is compiled here).
+
+    ``lead`` is the number of leading axes of ``x0`` before one input's shape. Returns
+    ``(problem, x0 as an array or None, x_shape, x dtype, target dtype, loop, check_every,
+    init_scale)``.
+    """
+    chk.check_callable("fn", fn)
+    if key is not None and not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)), got "
+                        f"{type(key).__name__}")
+    steps = chk.check_int("steps", steps, minimum=1)
+    check_every = chk.check_int("check_every", check_every, minimum=1)
+    init_scale = chk.check_real("init_scale", init_scale, positive=True)
+    loss_fn = get_loss(loss)
+    opt = chk.resolve_optimizer(optimizer, learning_rate)
+    reg_tuple = regs.as_tuple(regularizers)
+    if tol is not None:
+        tol = chk.check_real("tol", tol)
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    loop = chk.check_loop(loop, platform=platform)
+    if x0 is None and x_shape is None:
+        raise ValueError("give x0 (a starting input) or x_shape (one input's shape); got neither")
+    if x_shape is not None:
+        if not isinstance(x_shape, tuple | list) or not all(
+            isinstance(d, int | np.integer) and d >= 0 for d in x_shape
+        ):
+            raise TypeError(f"x_shape must be a tuple of non-negative ints, got {x_shape!r}")
+        x_shape = tuple(int(d) for d in x_shape)
+    if x0 is not None:
+        x0 = chk.as_finite_array("x0", x0)
+        got = tuple(x0.shape[lead:])
+        if x_shape is not None and got != x_shape:
+            raise ValueError(f"x0 has shape {tuple(x0.shape)}, i.e. inputs of shape {got}, but "
+                             f"x_shape is {x_shape}; expected them to agree")
+        x_shape, dtype = got, x0.dtype
+    else:
+        dtype = jnp.float32
+    out = chk.output_struct(fn, x_shape, dtype)
+    chk.check_target_shape("target", target_shape, out.shape, x_shape)
+    bounds = chk.check_bounds(bounds, x_shape, dtype)
+    sharding = None
+    if mesh is not None:
+        spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+        sharding = jax.sharding.NamedSharding(mesh, spec)
+    problem = Problem(fn=fn, loss=loss_fn, regularizers=reg_tuple, optimizer=opt, steps=steps,
+                      bounds=bounds, tol=tol, sharding=sharding)
+    y_struct = jax.ShapeDtypeStruct(out.shape, out.dtype)
+    chk.check_objective(problem.objective, jax.ShapeDtypeStruct(x_shape, dtype), y_struct)
+    return problem, x0, x_shape, dtype, out.dtype, loop, check_every, init_scale
+
+
+def _random_start(key, shape, dtype, scale):
+    return scale * jax.random.normal(key, shape, dtype)
+
+
+def invert(
+    fn: Callable[[Array], Array],
+    target: Float[Array, "..."],
+    *,
+    x0: Float[Array, "..."] | None = None,
+    x_shape: Sequence[int] | None = None,
+    key: jax.Array | None = None,
+    init_scale: float = DEFAULT_INIT_SCALE,
+    loss: str | LossFn = "mse",
+    optimizer: str | optax.GradientTransformation | None = None,
+    learning_rate: float | None = None,
+    steps: int = 500,
+    regularizers: Any = (),
+    bounds: tuple[Any, Any] | None = None,
+    tol: float | None = None,
+    loop: str = "auto",
+    check_every: int = 10,
+    progress: bool = False,
+) -> Result:
+    """Recover one input ``x`` with ``fn(x) ~ target``.
+
+    Minimises ``J(x) = L(fn(x), target) + sum_k R_k(x)`` over ``x`` with gradients ``jax.grad``
+    w.r.t. the input. The start is ``x0`` if given, else ``init_scale * N(0, I)`` drawn with
+    ``key`` in shape ``x_shape``, else zeros of ``x_shape`` (``key`` is used only without
+    ``x0``).
+
+    Args:
+        fn: pure map from one input to one output (close over the weights).
+        target: the output ``y`` to match; its shape must be ``fn``'s output shape.
+        x0: the starting input (its shape is the input shape).
+        x_shape: one input's shape, needed when ``x0`` is not given.
+        key: ``jax.random.key`` for a random start ``init_scale * N(0, I)`` (without ``x0``).
+        init_scale: standard deviation of the random start (default 0.1).
+        loss: ``'mse'``, ``'normalized'``, ``'cosine'`` or a callable ``(pred, target) -> scalar``.
+        optimizer: ``None`` (``optax.adam(1e-2)``), ``'adam'``, ``'sgd'`` (lr 1e-2), ``'lbfgs'``
+            (zoom line search) or any ``optax.GradientTransformation``; extra-args
+            transformations (``optax.lbfgs()``) receive ``value``, ``grad`` and ``value_fn``.
+        learning_rate: learning rate for an optimizer given by name.
+        steps: maximum number of optimiser steps (>= 1); ``history`` has this length.
+        regularizers: a callable ``x -> penalty`` or a tuple of them (:mod:`regularizers`).
+        bounds: ``(lo, hi)``; ``x`` is clipped into the box at the start and after every step.
+        tol: stop with status ``'converged'`` once ``J(x) <= tol``.
+        loop: ``'python'`` (jitted step driven from Python; best on XLA:CPU), ``'compiled'``
+            (``lax.scan`` / ``lax.while_loop``; best on GPU/TPU) or ``'auto'`` (by backend).
+        check_every: the Python loop reads one flag back every this many steps to stop early.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`Result` with ``x`` of ``target``'s input shape and scalar ``loss``, ``residual``
+        (``||fn(x) - y|| / ||y||``), ``steps`` and ``status``.
+
+    Raises:
+        ValueError / TypeError: for bad arguments, before anything compiles.
+    """
+    target_shape = tuple(np.shape(target))
+    problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
+        fn, target_shape, x0, x_shape, lead=0, key=key, loss=loss, optimizer=optimizer,
+        learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
+        tol=tol, loop=loop, init_scale=init_scale, check_every=check_every, mesh=None)
+    target = chk.as_finite_array("target", target, ydtype)
+    if x0 is None:
+        x0 = _random_start(key, xs, dtype, init_scale) if key is not None else jnp.zeros(xs, dtype)
+    x0 = x0[None]
+    out = solve_rows(problem, x0, target[None], loop=loop, chunk_rows=None,
+                     check_every=check_every, progress=progress, group="single")
+    return Result(*out, restarts=0)
+
+
+def invert_batch(
+    fn: Callable[[Array], Array],
+    targets: Float[Array, "n ..."],
+    *,
+    x0: Float[Array, "n ..."] | None = None,
+    x_shape: Sequence[int] | None = None,
+    key: jax.Array | None = None,
+    restarts: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
+    chunk: int | None = None,
+    init_scale: float = DEFAULT_INIT_SCALE,
+    loss: str | LossFn = "mse",
+    optimizer: str | optax.GradientTransformation | None = None,
+    learning_rate: float | None = None,
+    steps: int = 500,
+    regularizers: Any = (),
+    bounds: tuple[Any, Any] | None = None,
+    tol: float | None = None,
+    loop: str = "auto",
+    check_every: int = 10,
+    progress: bool = False,
+) -> Result:
+    """Invert ``N`` targets (leading axis of ``targets``), each like :func:`invert`.
+
+    ``fn`` is the per-target map (exactly what :func:`invert` takes); it is ``vmap``-ed over
+    targets and restarts, so entry ``n`` equals ``invert(fn, targets[n], ...)`` with the same
+    start. Starts: ``restarts == 1``: ``x0`` of shape ``(N, *xs)``, else ``init_scale * N(0, I)``
+    drawn with ``key`` (the same start for every target, as ``invert`` would draw), else zeros.
+    ``restarts = R > 1``: ``x0`` of shape ``(N, R, *xs)``, or with ``key`` restart ``r`` of every
+    target starts at ``init_scale * normal(jax.random.split(key, R)[r], xs)``; ``Result.x`` then
+    has shape ``(N, R, *xs)`` and :meth:`Result.best` picks the lowest-loss restart per target.
+
+    Args:
+        chunk: solve at most this many targets (times restarts) at once; results are identical.
+        mesh: a ``jax.sharding.Mesh``; rows are sharded along the leading axis over all of its
+            devices (``NamedSharding(mesh, P(mesh.axis_names))``), padded to a multiple of the
+            device count. With several processes (after ``jax.distributed.initialize``) pass the
+            same host (numpy) arrays on every process; results are global arrays.
+        other options: as in :func:`invert`.
+    """
+    restarts = chk.check_int("restarts", restarts, minimum=1)
+    if chunk is not None:
+        chunk = chk.check_int("chunk", chunk, minimum=1)
+    t_shape = tuple(np.shape(targets))
+    if len(t_shape) < 1 or t_shape[0] < 1:
+        raise ValueError(f"targets must have a leading axis of N >= 1 targets, got {t_shape}")
+    n = t_shape[0]
+    lead = 2 if restarts > 1 else 1
+    if x0 is not None:
+        want = (n, restarts) if restarts > 1 else (n,)
+        if tuple(np.shape(x0)[:lead]) != want:
+            raise ValueError(f"x0 has shape {tuple(np.shape(x0))}; expected leading axes {want} "
+                             f"(targets{', restarts' if restarts > 1 else ''})")
+    elif restarts > 1 and key is None:
+        raise ValueError(f"restarts={restarts} needs a key (random starts) or x0 of shape "
+                         "(N, restarts, *x_shape); got neither")
+    problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
+        fn, t_shape[1:], x0, x_shape, lead=lead, key=key, loss=loss, optimizer=optimizer,
+        learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
+        tol=tol, loop=loop, init_scale=init_scale, check_every=check_every, mesh=mesh)
+    targets = chk.as_finite_array("targets", targets, ydtype)
+    if x0 is None:
+        if restarts > 1:
+            keys = jax.random.split(key, restarts)
+            starts = jax.vmap(lambda k: _random_start(k, xs, dtype, init_scale))(keys)
+        elif key is not None:
+            starts = _random_start(key, xs, dtype, init_scale)[None]
+        else:
+            starts = jnp.zeros((1, *xs), dtype)
+        x0 = jnp.broadcast_to(starts[None], (n, restarts, *xs))
+    x_rows = x0.reshape((n * restarts, *xs))
+    y_rows = jnp.repeat(targets, restarts, axis=0) if restarts > 1 else targets
+    chunk_rows = None if chunk is None else chunk * restarts
+    out = solve_rows(problem, x_rows, y_rows, loop=loop, chunk_rows=chunk_rows,
+                     check_every=check_every, progress=progress,
+                     group=restarts if restarts > 1 else None)
+    return Result(*out, restarts=restarts if restarts > 1 else 0)

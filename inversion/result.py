@@ -1,0 +1,98 @@
+"""The result of an inversion: recovered input, loss trace, residual and status.
+
+``Result`` is a pytree (a ``flax.struct`` dataclass), so it can be returned from ``jax.jit``,
+stacked, sliced with ``jax.tree.map`` and sharded like any other array container.
+
+Layouts (``xs`` is one input's shape):
+
+================  ==================  ======================  ============================
+field             ``invert``          ``invert_batch``        ``invert_batch``, R restarts
+================  ==================  ======================  ============================
+``x``             ``xs``              ``(N, *xs)``            ``(N, R, *xs)``
+``history``       ``(steps,)``        ``(N, steps)``          ``(N, R, steps)``
+``loss``          ``()``              ``(N,)``                ``(N, R)``
+``residual``      ``()``              ``(N,)``                ``(N, R)``
+``steps``         ``()`` int32        ``(N,)``                ``(N, R)``
+``status_code``   ``()`` int32        ``(N,)``                ``(N, R)``
+================  ==================  ======================  ============================
+
+History convention: ``history[..., j]`` is the objective (loss plus regularizers) at the j-th
+iterate ``x_j`` for ``j < steps``; every entry from ``steps`` on holds the final ``loss``, so a
+history is never NaN and never shorter than the requested number of steps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jaxtyping import Array, Float, Int
+
+MAX_STEPS = 0
+CONVERGED = 1
+DIVERGED = 2
+STATUS_NAMES = ("max_steps", "converged", "diverged")
+
+
+@struct.dataclass
+class Result:
+    """Outcome of :func:`inversion.engine.invert` or :func:`inversion.engine.invert_batch`.
+
+    Attributes:
+        x: the recovered input(s); always finite (a diverged run returns its last finite iterate).
+        history: objective per step, shape ``(..., steps)`` (see the module docstring).
+        loss: final objective ``L(fn(x), y) + sum_k R_k(x)`` at the returned ``x``.
+        residual: relative error in target space ``||fn(x) - y|| / ||y||`` (absolute norm when
+            ``y = 0``). Input-space error is not known to the engine and is never mixed in.
+        steps: number of optimiser updates actually applied.
+        status_code: ``0`` max_steps, ``1`` converged (objective <= tol), ``2`` diverged.
+        restarts: number of restarts along axis 1 (``0`` when there is no restart axis).
+    """
+
+    x: Float[Array, "..."]
+    history: Float[Array, "... steps"]
+    loss: Float[Array, "..."]
+    residual: Float[Array, "..."]
+    steps: Int[Array, "..."]
+    status_code: Int[Array, "..."]
+    restarts: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def status(self) -> str | np.ndarray:
+        """``'converged'``, ``'max_steps'`` or ``'diverged'``; a numpy string array for batches."""
+        codes = np.asarray(self.status_code)
+        names = np.asarray(STATUS_NAMES)[codes]
+        return str(names) if names.ndim == 0 else names
+
+    @property
+    def converged(self) -> jax.Array:
+        """Boolean array: objective reached ``tol``."""
+        return self.status_code == CONVERGED
+
+    @property
+    def diverged(self) -> jax.Array:
+        """Boolean array: a non-finite objective or iterate stopped the run."""
+        return self.status_code == DIVERGED
+
+    def best(self) -> Result:
+        """Per target, the restart with the lowest final loss (layout of a run without restarts).
+
+        Returns ``self`` when there is no restart axis.
+        """
+        if self.restarts == 0:
+            return self
+        return Result(*_pick_best(self.x, self.history, self.loss, self.residual, self.steps,
+                                  self.status_code), restarts=0)
+
+
+@jax.jit
+def _pick_best(*fields: jax.Array) -> tuple[jax.Array, ...]:
+    """Select along axis 1 (restarts) the entry with the lowest loss (``fields[2]``)."""
+    idx = jnp.argmin(fields[2], axis=1)  # (N,)
+
+    def pick(a: jax.Array) -> jax.Array:
+        sel = idx.reshape((-1,) + (1,) * (a.ndim - 1))
+        return jnp.take_along_axis(a, sel, axis=1)[:, 0]
+
+    return tuple(pick(a) for a in fields)

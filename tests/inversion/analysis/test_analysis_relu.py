@@ -1,0 +1,179 @@
+"""ReLU preimages: dimension, boundedness, projection, checked against independent computations."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from inversion.analysis.relu import locally_injective, relu_preimage
+from inversion.analysis.relu_distance import (
+    distance_to_preimage,
+    preimage_error_split,
+    project_to_preimage,
+)
+
+
+def _layer(rng, m, n, bias=True):
+    W = rng.normal(size=(m, n))
+    b = rng.normal(size=m) if bias else np.zeros(m)
+    x = rng.normal(size=n)
+    return W, b, x, np.maximum(W @ x + b, 0.0)
+
+
+@pytest.mark.parametrize("m,n", [(3, 5), (8, 5), (10, 5), (16, 4), (40, 6)])
+def test_dim_is_numpy_nullity_and_true_input_lies_in_preimage(m, n):
+    rng = np.random.default_rng(m * 100 + n)
+    for _ in range(5):
+        W, b, x, y = _layer(rng, m, n)
+        pre = relu_preimage(W, b, y)
+        S = y > 0
+        expected = n - (np.linalg.matrix_rank(W[S]) if S.any() else 0)
+        assert pre.dim == expected
+        assert pre.unique == (expected == 0)
+        np.testing.assert_array_equal(pre.active, S)
+        np.testing.assert_allclose(pre.jacobian, W * S[:, None], atol=0)
+        assert pre.nonempty and not pre.degenerate
+        assert distance_to_preimage(W, b, y, x) < 1e-8
+        z = project_to_preimage(W, b, y, x)
+        np.testing.assert_allclose(np.maximum(W @ z + b, 0), y, atol=1e-8)
+
+
+def test_inverse_lipschitz_is_one_over_smallest_singular_value():
+    rng = np.random.default_rng(1)
+    W, b, _, y = _layer(rng, 40, 4)
+    pre = relu_preimage(W, b, y)
+    assert pre.unique
+    s = np.linalg.svd(W[y > 0], compute_uv=False)
+    assert pre.inverse_lipschitz == pytest.approx(1 / s[-1], rel=1e-10)
+    W, b, _, y = _layer(rng, 3, 4)
+    assert relu_preimage(W, b, y).inverse_lipschitz == float("inf")
+
+
+def test_reference_example_identity_layer():
+    pre = relu_preimage(np.eye(4), None, np.array([0.0, 2.0, 0.0, 4.0]))
+    np.testing.assert_array_equal(pre.active, [False, True, False, True])
+    assert (pre.rank, pre.dim, pre.unique, pre.bounded) == (2, 2, False, False)
+    # The ray points into the free negative coordinates 0 and 2.
+    assert np.all(pre.ray <= 1e-12) and np.allclose(pre.ray[[1, 3]], 0)
+
+
+def _cone_nonzero_2d(WS, G, n_dirs=3600):
+    """Brute force for n = 2: is there a unit d with W_S d = 0 and G d <= 0?"""
+    t = np.linspace(0, 2 * np.pi, n_dirs, endpoint=False)
+    dirs = [np.stack([np.cos(t), np.sin(t)], axis=1)]
+    for g in np.vstack([WS, G]):  # the cone's edges are perpendicular to some row
+        perp = np.array([-g[1], g[0]]) / max(np.linalg.norm(g), 1e-300)
+        dirs.append(np.stack([perp, -perp]))
+    d = np.vstack(dirs)
+    ok = np.ones(len(d), bool)
+    if WS.shape[0]:
+        ok &= np.all(np.abs(d @ WS.T) <= 1e-9, axis=1)
+    if G.shape[0]:
+        ok &= np.all(d @ G.T <= 1e-9, axis=1)
+    return bool(ok.any())
+
+
+def test_boundedness_agrees_with_brute_force_in_2d():
+    rng = np.random.default_rng(2)
+    seen = set()
+    for trial in range(150):
+        m = 1 + trial % 6
+        W, b, x, y = _layer(rng, m, 2)
+        pre = relu_preimage(W, b, y)
+        S = y > 0
+        assert pre.bounded == (not _cone_nonzero_2d(W[S], W[~S]))
+        if not pre.bounded:
+            assert np.allclose(W[S] @ pre.ray, 0, atol=1e-9) and np.all(W[~S] @ pre.ray <= 1e-9)
+            # moving along the ray keeps the output: an unbounded family of exact inputs
+            np.testing.assert_allclose(np.maximum(W @ (x + 50 * pre.ray) + b, 0), y, atol=1e-8)
+        seen.add(pre.bounded)
+    assert seen == {True, False}
+
+
+def test_constructed_bounded_and_unbounded_cases():
+    # three inactive rows whose normals positively span the plane: P(0) = {0}
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    pre = relu_preimage(W, None, np.zeros(3))
+    assert pre.bounded and pre.unique and pre.degenerate and pre.dim == 0
+    # with a bias the same rows bound a triangle: bounded, 2-D, not unique
+    pre = relu_preimage(W, np.full(3, -1.0), np.zeros(3))
+    assert pre.bounded and pre.dim == 2 and not pre.unique and not pre.degenerate
+    # two inactive rows only: a wedge, unbounded
+    pre = relu_preimage(W[:2], None, np.zeros(2))
+    assert not pre.bounded and pre.dim == 2
+
+
+def test_distance_in_identity_case_is_known():
+    y = np.array([0.0, 2.0, 0.0, 4.0])
+    x = np.array([1.0, 2.0, -3.0, 5.0])  # x0 must drop to 0, x3 to 4: distance sqrt(2)
+    assert distance_to_preimage(np.eye(4), None, y, x) == pytest.approx(np.sqrt(2), rel=1e-12)
+    np.testing.assert_allclose(project_to_preimage(np.eye(4), None, y, x), [0, 2, -3, 4],
+                               atol=1e-12)
+    far = np.array([1e4, 2.0, 1e4, 4.0])  # far outside: both free entries must drop to 0
+    assert distance_to_preimage(np.eye(4), None, y, far) == pytest.approx(np.sqrt(2) * 1e4)
+
+
+def test_distance_matches_slsqp_on_small_layers():
+    rng = np.random.default_rng(3)
+    checked = 0
+    for m, n in [(3, 3), (5, 4), (4, 5), (2, 4), (6, 6), (7, 5)] * 2:
+        W, b, _, y = _layer(rng, m, n)
+        x = 2 * rng.normal(size=n)
+        S = y > 0
+        if S.sum() >= n:  # SLSQP needs fewer equalities than unknowns
+            continue
+        G, h = W[~S], -b[~S]
+        cons = [{"type": "ineq", "fun": lambda z, G=G, h=h: h - G @ z}]
+        if S.any():
+            A, c = W[S], y[S] - b[S]
+            cons.append({"type": "eq", "fun": lambda z, A=A, c=c: A @ z - c})
+        ref = minimize(lambda z, x=x: np.sum((z - x) ** 2), x, jac=lambda z, x=x: 2 * (z - x),
+                       constraints=cons, method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+        assert ref.success, ref.message
+        checked += 1
+        got = distance_to_preimage(W, b, y, x)
+        assert got == pytest.approx(np.linalg.norm(ref.x - x), rel=1e-5, abs=1e-7)
+    assert checked >= 6
+
+
+def test_empty_preimage_and_error_split():
+    W = np.array([[1.0], [1.0]])
+    y = np.array([1.0, 3.0])  # x = 1 and x = 3 at once: impossible
+    assert not relu_preimage(W, None, y).nonempty
+    assert distance_to_preimage(W, None, y, np.zeros(1)) == float("inf")
+    with pytest.raises(ValueError, match="empty"):
+        preimage_error_split(W, None, y, np.zeros(1), np.zeros(1))
+    rng = np.random.default_rng(4)
+    W, b, x, y = _layer(rng, 6, 5)
+    x_rec = x + rng.normal(size=5)
+    split = preimage_error_split(W, b, y, x_rec, x)
+    assert split.total == pytest.approx(np.linalg.norm(x_rec - x))
+    assert split.total**2 >= split.optimiser**2 + split.network**2 - 1e-9
+    assert split.network > 0  # 5 inputs, at most 6 rows half active: not identifiable
+
+
+def test_bad_input_raises():
+    W = np.eye(3)
+    with pytest.raises(ValueError, match="W must"):
+        relu_preimage(np.ones(3), None, np.ones(3))
+    with pytest.raises(ValueError, match="y must have shape"):
+        relu_preimage(W, None, np.ones(2))
+    with pytest.raises(ValueError, match="b must have shape"):
+        relu_preimage(W, np.ones(2), np.ones(3))
+    with pytest.raises(ValueError, match=">= 0"):
+        relu_preimage(W, None, np.array([1.0, -1.0, 0.0]))
+    with pytest.raises(ValueError, match="finite"):
+        relu_preimage(W, None, np.array([1.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="x must have shape"):
+        distance_to_preimage(W, None, np.ones(3), np.ones(2))
+
+
+def test_locally_injective_agrees_with_unique_preimage():
+    rng = np.random.default_rng(5)
+    for m in (6, 12, 20):
+        W, b, _, _ = _layer(rng, m, 6)
+        X = rng.normal(size=(30, 6))
+        mask = locally_injective(W, b, X)
+        expected = [relu_preimage(W, b, np.maximum(W @ x + b, 0)).unique for x in X]
+        np.testing.assert_array_equal(mask, expected)
+    assert not locally_injective(np.eye(3), None, np.array([[1.0, -1.0, 2.0]]))[0]
+    assert locally_injective(np.vstack([np.eye(2), -np.eye(2)]), None, rng.normal(size=(9, 2))).all()
