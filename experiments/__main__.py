@@ -1,4 +1,4 @@
-"""``python -m experiments reproduce [--out DIR] [--full] [--only NAME ...]``.
+"""``python -m experiments reproduce [--out DIR] [--full | --quick] [--only NAME ...]``.
 
 Runs every experiment in :data:`EXPERIMENTS` (default CPU profile; ``--full`` for the
 larger settings) and writes ``DIR/report.md``: each experiment's figures, its metrics, and
@@ -56,12 +56,12 @@ def _machine() -> str:
     )
 
 
-def write_report(out: pathlib.Path, outcomes: dict[str, dict], *, full: bool) -> pathlib.Path:
+def write_report(out: pathlib.Path, outcomes: dict[str, dict], *, profile: str) -> pathlib.Path:
     """Write ``out/report.md`` from each experiment's outcome (metrics or error)."""
     lines = [
         "# Reproduction report",
         "",
-        f"Profile: {'full' if full else 'default (CPU)'}. Machine: {_machine()}.",
+        f"Profile: {profile}. Machine: {_machine()}.",
         "",
         "## Reference values beside the values reproduced",
         "",
@@ -96,7 +96,9 @@ def write_report(out: pathlib.Path, outcomes: dict[str, dict], *, full: bool) ->
     return path
 
 
-def reproduce(out: pathlib.Path, *, full: bool = False, only=None) -> dict[str, dict]:
+def reproduce(
+    out: pathlib.Path, *, full: bool = False, quick: bool = False, only=None
+) -> dict[str, dict]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +109,7 @@ def reproduce(out: pathlib.Path, *, full: bool = False, only=None) -> dict[str, 
         start = time.perf_counter()
         try:
             module = importlib.import_module(f"experiments.{name}")
-            metrics = module.run(out, quick=False, full=full)
+            metrics = module.run(out, quick=quick, full=full)
             outcomes[name] = {"metrics": metrics}
         except Exception:  # one failing figure must not hide the others
             outcomes[name] = {"error": traceback.format_exc()}
@@ -115,7 +117,9 @@ def reproduce(out: pathlib.Path, *, full: bool = False, only=None) -> dict[str, 
         outcomes[name]["seconds"] = time.perf_counter() - start
         print(f"   {outcomes[name]['seconds']:.1f} s", flush=True)
     experiment_dir(out, ".")
-    report = write_report(out, outcomes, full=full)
+    report = write_report(
+        out, outcomes, profile="full" if full else "quick" if quick else "default (CPU)"
+    )
     print(f"report: {report}")
     return outcomes
 
@@ -127,10 +131,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run every experiment and write report.md")
     rep.add_argument("--out", default=str(DEFAULT_OUT))
-    rep.add_argument("--full", action="store_true", help="the larger settings of the study")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the larger settings of the study")
+    size.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     rep.add_argument("--only", nargs="+", choices=EXPERIMENTS, help="run only these experiments")
     args = parser.parse_args(argv)
-    outcomes = reproduce(pathlib.Path(args.out), full=args.full, only=args.only)
+    outcomes = reproduce(pathlib.Path(args.out), full=args.full, quick=args.quick, only=args.only)
     return 1 if any("error" in o for o in outcomes.values()) else 0
 
 

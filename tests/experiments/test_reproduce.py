@@ -1,0 +1,43 @@
+"""The reproduce command: runs the chosen experiments and writes one report."""
+
+import pytest
+
+from experiments import __main__ as reproduce_cli
+
+
+def test_report_lists_references_figures_and_failures(tmp_path):
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "figure.png").write_bytes(b"png")
+    outcomes = {
+        "good": {
+            "seconds": 1.5,
+            "metrics": {
+                "x0": 310.6,
+                "references": [
+                    {"quantity": "x0", "reference": "≈ 312", "reproduced": 310.6, "agrees": True},
+                    {"quantity": "gap", "reference": "< 1", "reproduced": 3.0, "agrees": False},
+                ],
+            },
+        },
+        "bad": {"seconds": 0.1, "error": "Traceback ...\nValueError: boom"},
+    }
+    text = reproduce_cli.write_report(tmp_path, outcomes, profile="quick").read_text()
+    assert "| good | x0 | ≈ 312 | 310.6 | yes |" in text
+    assert "| good | gap | < 1 | 3 | **no** |" in text
+    assert "![figure](good/figure.png)" in text
+    assert "ValueError: boom" in text and "**Failed:**" in text
+
+
+def test_reproduce_runs_selected_experiments(tmp_path):
+    code = reproduce_cli.main(
+        ["reproduce", "--out", str(tmp_path), "--quick", "--only", "pooling_loss"]
+    )
+    assert code == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## pooling_loss" in report and "| pooling_loss |" in report
+    assert (tmp_path / "pooling_loss" / "metrics.json").exists()
+
+
+def test_unknown_experiment_is_refused():
+    with pytest.raises(SystemExit):
+        reproduce_cli.main(["reproduce", "--only", "no_such_experiment"])
