@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 
 from inversion import engine_checks as chk
 from inversion import regularizers as regs
-from inversion.engine_run import solve_rows
+from inversion.engine_run import solve_cost, solve_rows
 from inversion.loop import Problem
 from inversion.losses import LossFn, get_loss
 from inversion.result import Result
@@ -190,6 +190,9 @@ def invert_batch(
 
     Args:
         chunk: solve at most this many targets (times restarts) at once; results are identical.
+            ``None``: all at once on accelerators, at most 64 rows (targets × restarts) at a
+            time on CPU, where larger batches cost more per target (see
+            :mod:`inversion.engine_run`).
         mesh: a ``jax.sharding.Mesh``; rows are sharded along the leading axis over all of its
             devices (``NamedSharding(mesh, P(mesh.axis_names))``), padded to a multiple of the
             device count. With several processes (after ``jax.distributed.initialize``) pass the
@@ -233,3 +236,38 @@ def invert_batch(
                      check_every=check_every, progress=progress,
                      group=restarts if restarts > 1 else None)
     return Result(*out, restarts=restarts if restarts > 1 else 0)
+
+
+def step_cost(
+    fn: Callable[[Array], Array],
+    targets: Float[Array, "n ..."],
+    *,
+    x0: Float[Array, "n ..."],
+    loss: str | LossFn = "mse",
+    optimizer: str | optax.GradientTransformation | None = None,
+    learning_rate: float | None = None,
+    steps: int = 500,
+    regularizers: Any = (),
+    bounds: tuple[Any, Any] | None = None,
+    tol: float | None = None,
+    chunk: int | None = None,
+) -> dict[str, float]:
+    """XLA's static cost of ONE step of :func:`invert_batch` over these rows.
+
+    Compiles (without running) the step program ``invert_batch`` would run for starts ``x0``
+    (one row each, shape ``(N, *xs)``) and ``targets``, chunked the same way, and returns XLA's
+    cost analysis: ``flops`` (floating-point operations of one step over all ``N`` rows: forward,
+    input-gradient and optimiser update), ``bytes_accessed``, the one-chunk program's buffer
+    sizes ``argument_bytes``, ``output_bytes``, ``temp_bytes`` (``0`` where the backend does
+    not report one), and ``chunk_rows``, ``chunks``.
+    """
+    t_shape, x_shape = tuple(np.shape(targets)), tuple(np.shape(x0))
+    if len(t_shape) < 1 or len(x_shape) < 1 or t_shape[0] != x_shape[0] or t_shape[0] < 1:
+        raise ValueError(f"targets {t_shape} and x0 {x_shape} need the same leading axis N >= 1")
+    problem, x0, *_ = _setup(
+        fn, t_shape[1:], x0, None, lead=1, key=None, loss=loss, optimizer=optimizer,
+        learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
+        tol=tol, loop="python", init_scale=DEFAULT_INIT_SCALE, check_every=1, mesh=None)
+    if chunk is not None:
+        chunk = chk.check_int("chunk", chunk, minimum=1)
+    return solve_cost(problem, x0, chk.as_finite_array("targets", targets), chunk)

@@ -1,8 +1,14 @@
 """Run a flat batch of rows through a loop: chunking, padding, mesh placement, progress bar.
 
-Rows are padded (by repeating the last row) to whole chunks whose size is a multiple of the
+Rows are split into equal chunks (``ceil(B / n)`` rows for the fewest ``n`` chunks within the
+limit) and padded (by repeating the last row) to whole chunks whose size is a multiple of the
 mesh's device count, so every chunk reuses one compiled program; padded rows are dropped.
 Compiled programs are cached per problem (see :func:`programs`).
+
+Without an explicit chunk size, XLA:CPU runs at most :data:`CPU_CHUNK_ROWS` rows at once: the
+per-row cost of a step is flat up to about 64 rows and rises by ~25% at 128-256 rows (the
+working set leaves the caches; seed U-Net, see BENCHMARKS.md), so chunking keeps the cost per
+target flat and the memory bounded. Accelerators take all rows at once unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from inversion.loop import Problem, compiled_loop, finalize, init_state, python_loop
+from inversion.loop import Problem, compiled_loop, finalize, init_state, make_step, python_loop
+
+CPU_CHUNK_ROWS = 64  # rows per chunk on XLA:CPU when no chunk size is given (see module doc)
 
 
 def layout(flat: tuple, group: int | str | None) -> tuple:
@@ -90,6 +98,26 @@ def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
     return a if extra <= 0 else np.concatenate([a, np.repeat(a[-1:], extra, axis=0)], axis=0)
 
 
+def _platform(a) -> str:
+    """The platform of the device holding ``a`` (the default device for host arrays)."""
+    devices = getattr(a, "devices", None)
+    if callable(devices):
+        return next(iter(devices())).platform
+    return jax.devices()[0].platform
+
+
+def chunking(problem: Problem, x_rows: jax.Array, chunk_rows: int | None) -> tuple[int, int]:
+    """``(rows per chunk, number of chunks)`` for solving ``x_rows`` (see the module docstring)."""
+    b = x_rows.shape[0]
+    if chunk_rows is None and problem.sharding is None and _platform(x_rows) == "cpu":
+        chunk_rows = CPU_CHUNK_ROWS
+    size = b if chunk_rows is None else math.ceil(b / math.ceil(b / chunk_rows))
+    if problem.sharding is not None:
+        ndev = problem.sharding.mesh.devices.size
+        size = math.ceil(size / ndev) * ndev
+    return size, math.ceil(b / size)
+
+
 def solve_rows(problem: Problem, x_rows: jax.Array, y_rows: jax.Array, *, loop: str,
                chunk_rows: int | None, check_every: int, progress: bool,
                group: int | str | None = None):
@@ -101,11 +129,7 @@ def solve_rows(problem: Problem, x_rows: jax.Array, y_rows: jax.Array, *, loop: 
     holds one chunk of inputs and state at a time.
     """
     b = x_rows.shape[0]
-    size = b if chunk_rows is None else min(chunk_rows, b)
-    if problem.sharding is not None:
-        ndev = problem.sharding.mesh.devices.size
-        size = math.ceil(size / ndev) * ndev
-    n_chunks = math.ceil(b / size)
+    size, n_chunks = chunking(problem, x_rows, chunk_rows)
     whole = n_chunks == 1 and size == b
     if not whole:
         x_rows = _pad_host(np.asarray(x_rows), n_chunks * size)
@@ -137,3 +161,31 @@ def solve_rows(problem: Problem, x_rows: jax.Array, y_rows: jax.Array, *, loop: 
     if whole:
         return outs[0]  # already in the final layout (done inside the compiled finalize)
     return _assemble(outs, b, group)
+
+
+def solve_cost(problem: Problem, x_rows: jax.Array, y_rows: jax.Array,
+               chunk_rows: int | None = None) -> dict[str, float]:
+    """XLA's cost analysis of one step over all rows, chunked as :func:`solve_rows` would.
+
+    The step program for one chunk is compiled (never run). Returns ``flops`` and
+    ``bytes_accessed`` of one step over all chunks (padding rows included: they are computed),
+    the buffer sizes of the one-chunk step program ``argument_bytes``, ``output_bytes`` and
+    ``temp_bytes`` (``0`` where the backend does not report them), ``chunk_rows`` and ``chunks``.
+    """
+    size, n_chunks = chunking(problem, x_rows, chunk_rows)
+    x_rows = jax.ShapeDtypeStruct((size, *x_rows.shape[1:]), x_rows.dtype)
+    y_rows = jax.ShapeDtypeStruct((size, *y_rows.shape[1:]), y_rows.dtype)
+    state = jax.eval_shape(lambda x: init_state(problem, x), x_rows)
+    compiled = jax.jit(make_step(problem)).lower(x_rows, state, y_rows).compile()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, list | tuple) else (cost or {})
+    out = {"flops": n_chunks * float(cost.get("flops", 0.0)),
+           "bytes_accessed": n_chunks * float(cost.get("bytes accessed", 0.0)),
+           "chunk_rows": size, "chunks": n_chunks}
+    try:
+        mem = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        mem = None
+    for name in ("argument", "output", "temp"):
+        out[f"{name}_bytes"] = float(getattr(mem, f"{name}_size_in_bytes", 0) or 0)
+    return out

@@ -7,7 +7,14 @@ well as on accelerators:
 * k×k/k pooling is a reshape followed by a reduction (no ``reduce_window``, whose max
   gradient is a slow select-and-scatter on XLA:CPU);
 * a k×k/k transposed convolution (kernel size equal to the stride, the U-Net case) is one
-  matrix product followed by a depth-to-space reshape (no dilated convolution).
+  matrix product followed by a depth-to-space reshape (no dilated convolution);
+* a stride-1 'SAME' convolution with ONE input or ONE output channel (a network's first and
+  last layer) is a matrix product with the kernel's taps plus shifted slices ("taps-major"
+  im2col), instead of a generic convolution kernel that vectorises over channels and so runs
+  at a few percent of its speed when one side has a single channel. On XLA:CPU this took the
+  seed U-Net's first and last layers (forward and input-gradient) from about 40 ms to about
+  8 ms per step at batch 64 (see BENCHMARKS.md); results equal ``lax.conv_general_dilated``
+  up to float32 rounding (tests/models/test_layers.py).
 
 Conventions: images are ``(batch, height, width, channels)``; kernels are HWIO
 ``(kh, kw, c_in, c_out)``. ``conv_transpose2d`` follows ``jax.lax.conv_transpose`` with
@@ -67,10 +74,52 @@ def conv2d(
     _check_kernel(x, kernel)
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
-    )
+    kh, kw, ci, co = kernel.shape
+    if stride == 1 and padding == "SAME" and kh % 2 and kw % 2 and (ci == 1 or co == 1):
+        y = _conv_one_channel(x, kernel)
+    else:
+        y = jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
+        )
     return y if bias is None else y + bias
+
+
+def _taps(x: Float[Array, "... h w"], kh: int, kw: int) -> Float[Array, "t ... h w"]:
+    """Shifted copies of ``x``, taps first: ``out[a·kw+e, ..., i, j] = x[..., i+a−p, j+e−q]``
+    (zero outside), with ``p = kh // 2``, ``q = kw // 2`` (the 'SAME' neighbourhood)."""
+    h, w = x.shape[-2:]
+    p, q = kh // 2, kw // 2
+    xp = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(p, p), (q, q)])
+    return jnp.stack([xp[..., a:a + h, e:e + w] for a in range(kh) for e in range(kw)])
+
+
+def _sum_taps(z: Float[Array, "t ... h w"], kh: int, kw: int) -> Float[Array, "... h w"]:
+    """``y[..., i, j] = Σ_{a,e} z[a·kw+e, ..., i+a−p, j+e−q]`` (zero outside)."""
+    h, w = z.shape[-2:]
+    p, q = kh // 2, kw // 2
+    zp = jnp.pad(z, [(0, 0)] * (z.ndim - 2) + [(p, p), (q, q)])
+    return sum(zp[a * kw + e, ..., a:a + h, e:e + w] for a in range(kh) for e in range(kw))
+
+
+def _conv_one_channel(x, kernel):
+    """Stride-1 'SAME' cross-correlation when ``ci == 1`` or ``co == 1`` (odd kernel sizes).
+
+    With taps ``t = (a, e)`` and ``T_t x = x[i+a−p, j+e−q]``:
+
+    * ``ci == 1``: ``y[..., o] = Σ_t (T_t x) · K[t, o]``: the taps of ``x`` (im2col with the tap
+      axis first) times the ``(taps, co)`` kernel matrix;
+    * ``co == 1``: ``y = Σ_t T_t (x · K[t, :])``: one product of ``x`` with the ``(ci, taps)``
+      kernel matrix giving a plane per tap, then the shifted planes summed.
+
+    The tap axis is kept first so that each tap's plane is contiguous (the slices and the
+    small-width matrix products stay fast); autodiff of either form is the other form.
+    """
+    kh, kw, ci, co = kernel.shape
+    if ci == 1:
+        taps = _taps(x[..., 0], kh, kw)  # (t, b, h, w)
+        return jnp.einsum("tbhw,to->bhwo", taps, kernel.reshape(kh * kw, co))
+    planes = jnp.einsum("bhwc,tc->tbhw", x, kernel[..., 0].reshape(kh * kw, ci))
+    return _sum_taps(planes, kh, kw)[..., None]
 
 
 def conv_transpose2d(
@@ -94,10 +143,14 @@ def conv_transpose2d(
     _check_kernel(x, kernel)
     kh, kw = kernel.shape[:2]
     if (kh, kw) == (stride, stride):
-        b, h, w, _ = x.shape
-        flipped = kernel[::-1, ::-1]
-        y = jnp.einsum("bijc,aeco->biajeo", x, flipped)
-        y = y.reshape(b, h * stride, w * stride, kernel.shape[-1])
+        b, h, w, ci = x.shape
+        co = kernel.shape[-1]
+        # (b·h·w, ci) @ (ci, s·s·co): the one product is a plain row-major matmul, and the
+        # depth-to-space transpose is the only data movement (an einsum straight into the
+        # interleaved layout made XLA:CPU transpose operands around the product instead).
+        flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
+        y = (x.reshape(b * h * w, ci) @ flipped).reshape(b, h, w, kh, kw, co)
+        y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * stride, w * stride, co)
     else:
         y = jax.lax.conv_transpose(
             x, kernel, (stride, stride), "SAME", dimension_numbers=_DIMENSIONS

@@ -40,6 +40,28 @@ def test_conv2d_matches_lax(stride, padding):
     _assert_same(lambda x: layers.conv2d(x, k, b, stride=stride, padding=padding), ref, x)
 
 
+@pytest.mark.parametrize(
+    "c_in,c_out,kshape", [(1, 16, (3, 3)), (32, 1, (3, 3)), (1, 1, (5, 3)), (3, 1, (1, 1))]
+)
+def test_conv2d_one_channel_fast_path_matches_lax(c_in, c_out, kshape):
+    # ci == 1 or co == 1 with odd kernels takes the taps-major matmul path; (2, 3) the lax one.
+    x, k = _rand(10, (3, 7, 6, c_in)), _rand(11, (*kshape, c_in, c_out)) / 3
+    b = _rand(12, (c_out,))
+
+    def ref(x, k=k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN) + b
+
+    fast = lambda x, k=k: layers.conv2d(x, k, b)  # noqa: E731
+    _assert_same(fast, ref, x)
+    # kernel gradients (training) and forward-mode derivatives (Jacobian analysis) agree too
+    v = _rand(13, (3, 7, 6, c_out))
+    grad_k = [jax.grad(lambda k, f=f: jnp.sum(f(x, k) * v))(k) for f in (fast, ref)]
+    np.testing.assert_allclose(grad_k[0], grad_k[1], **TOL)
+    dx = _rand(14, x.shape)
+    tangents = [jax.jvp(f, (x,), (dx,))[1] for f in (fast, ref)]
+    np.testing.assert_allclose(tangents[0], tangents[1], **TOL)
+
+
 @pytest.mark.parametrize("ksize,stride", [(2, 2), (3, 3), (3, 2)])
 def test_conv_transpose2d_matches_lax(ksize, stride):
     x, k, b = _rand(0, (2, 4, 6, 6)), _rand(1, (ksize, ksize, 6, 4)), _rand(2, (4,))
