@@ -109,8 +109,9 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
     matmul rates measured before and after), ``compile_s`` (warm-up minus timed run),
     ``peak_memory_bytes`` and ``memory_increase_bytes`` (sampled host RSS, or the device's
     ``peak_bytes_in_use``, during the timed runs), ``step_buffer_bytes`` (XLA's argument, output
-    and temporary buffers of one chunk's step program), ``memory_per_target_bytes`` (that per
-    row of a chunk), ``chunk_rows``, ``chunks``, ``memory_kind`` and ``load_average``.
+    and temporary buffers of one chunk's step program on one device),
+    ``memory_per_target_bytes`` (that per row), ``chunk_rows``, ``chunks``, ``devices`` (the
+    rows of a chunk are split over them), ``memory_kind`` and ``load_average``.
     With ``torch``, PyTorch is timed with 1 thread and
     with its default thread count, every run interleaved with the JAX runs, and the row adds
     ``torch_by_threads`` (median seconds per thread count), the best of them as
@@ -167,12 +168,13 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
                        peak_memory_bytes=max(m.peak_bytes for m in mems[name]),
                        memory_increase_bytes=max(m.increase_bytes for m in mems[name]),
                        memory_kind=mems[name][0].kind, chunk_rows=cost["chunk_rows"],
-                       chunks=cost["chunks"], load_average=bm.load_average())
-            # XLA's buffers of one chunk's step program (arguments + outputs + temporaries):
-            # the device memory a step needs, independent of what the allocator keeps cached
+                       chunks=cost["chunks"], devices=cost["devices"],
+                       load_average=bm.load_average())
+            # XLA's buffers of one chunk's step program on one device (arguments + outputs +
+            # temporaries): the memory a step needs, whatever the allocator keeps cached
             step_bytes = cost["argument_bytes"] + cost["output_bytes"] + cost["temp_bytes"]
-            row.update(step_buffer_bytes=step_bytes,
-                       memory_per_target_bytes=step_bytes / min(batch, cost["chunk_rows"]))
+            row.update(step_buffer_bytes=step_bytes, memory_per_target_bytes=step_bytes / (
+                cost["chunk_rows"] / cost["devices"]))
             if thread_counts:
                 best = min(thread_counts, key=lambda n: med[("torch", n)])
                 tt = med[("torch", best)]

@@ -10,6 +10,7 @@ the same answer as separate ``invert`` calls. See :mod:`inversion.loop` for the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
+from inversion import cpu_devices
 from inversion import engine_checks as chk
 from inversion import regularizers as regs
 from inversion.engine_run import solve_cost, solve_rows
@@ -28,12 +30,16 @@ from inversion.result import Result
 
 DEFAULT_INIT_SCALE = 0.1
 
+cpu_devices.configure()  # one CPU device per core, if JAX has not started yet (see the module)
+
 
 def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learning_rate, steps,
-           regularizers, bounds, tol, loop, init_scale, check_every, mesh):
+           regularizers, bounds, tol, loop, init_scale, check_every, mesh, rows=1):
     """Validate everything shared by ``invert``/``invert_batch`` (nothing is compiled here).
 
-    ``lead`` is the number of leading axes of ``x0`` before one input's shape. Returns
+    ``lead`` is the number of leading axes of ``x0`` before one input's shape; ``rows`` the
+    number of rows to solve (on CPU without a mesh, enough rows are split over the CPU devices,
+    see :mod:`inversion.cpu_devices`). Returns
     ``(problem, x0 as an array or None, x_shape, x dtype, target dtype, loop, check_every,
     init_scale)``.
     """
@@ -52,6 +58,8 @@ def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learnin
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    if mesh is None and platform == "cpu":
+        mesh = cpu_devices.cpu_mesh(rows)  # data-parallel over the CPU devices, when several
     loop = chk.check_loop(loop, platform=platform)
     if x0 is None and x_shape is None:
         raise ValueError("give x0 (a starting input) or x_shape (one input's shape); got neither")
@@ -80,8 +88,24 @@ def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learnin
     problem = Problem(fn=fn, loss=loss_fn, regularizers=reg_tuple, optimizer=opt, steps=steps,
                       bounds=bounds, tol=tol, sharding=sharding)
     y_struct = jax.ShapeDtypeStruct(out.shape, out.dtype)
-    chk.check_objective(problem.objective, jax.ShapeDtypeStruct(x_shape, dtype), y_struct)
+    _check_objective(problem, jax.ShapeDtypeStruct(x_shape, dtype), y_struct)
     return problem, x0, x_shape, dtype, out.dtype, loop, check_every, init_scale
+
+
+@functools.lru_cache(maxsize=64)
+def _check_objective_cached(problem: Problem, x_struct, y_struct) -> None:
+    chk.check_objective(problem.objective, x_struct, y_struct)
+
+
+def _check_objective(problem: Problem, x_struct, y_struct) -> None:
+    """``chk.check_objective``, remembered for hashable problems: the check traces ``fn`` (tens
+    of milliseconds for a U-Net), which repeated calls on the same problem need not redo."""
+    try:
+        hash(problem)
+    except TypeError:
+        chk.check_objective(problem.objective, x_struct, y_struct)
+        return
+    _check_objective_cached(problem, x_struct, y_struct)
 
 
 def _random_start(key, shape, dtype, scale):
@@ -190,13 +214,15 @@ def invert_batch(
 
     Args:
         chunk: solve at most this many targets (times restarts) at once; results are identical.
-            ``None``: all at once on accelerators, at most 64 rows (targets × restarts) at a
-            time on CPU, where larger batches cost more per target (see
+            ``None``: all at once on accelerators, at most 64 rows (targets × restarts) per
+            device at a time on CPU, where larger batches cost more per target (see
             :mod:`inversion.engine_run`).
         mesh: a ``jax.sharding.Mesh``; rows are sharded along the leading axis over all of its
             devices (``NamedSharding(mesh, P(mesh.axis_names))``), padded to a multiple of the
             device count. With several processes (after ``jax.distributed.initialize``) pass the
-            same host (numpy) arrays on every process; results are global arrays.
+            same host (numpy) arrays on every process; results are global arrays. ``None`` on a
+            CPU with several CPU devices (one per core by default, see
+            :mod:`inversion.cpu_devices`) and at least 4 rows per device: all CPU devices.
         other options: as in :func:`invert`.
     """
     restarts = chk.check_int("restarts", restarts, minimum=1)
@@ -218,7 +244,8 @@ def invert_batch(
     problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
         fn, t_shape[1:], x0, x_shape, lead=lead, key=key, loss=loss, optimizer=optimizer,
         learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
-        tol=tol, loop=loop, init_scale=init_scale, check_every=check_every, mesh=mesh)
+        tol=tol, loop=loop, init_scale=init_scale, check_every=check_every, mesh=mesh,
+        rows=n * restarts)
     targets = chk.as_finite_array("targets", targets, ydtype)
     if x0 is None:
         if restarts > 1:
@@ -267,7 +294,8 @@ def step_cost(
     problem, x0, *_ = _setup(
         fn, t_shape[1:], x0, None, lead=1, key=None, loss=loss, optimizer=optimizer,
         learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
-        tol=tol, loop="python", init_scale=DEFAULT_INIT_SCALE, check_every=1, mesh=None)
+        tol=tol, loop="python", init_scale=DEFAULT_INIT_SCALE, check_every=1, mesh=None,
+        rows=t_shape[0])
     if chunk is not None:
         chunk = chk.check_int("chunk", chunk, minimum=1)
     return solve_cost(problem, x0, chk.as_finite_array("targets", targets), chunk)

@@ -5,10 +5,11 @@ limit) and padded (by repeating the last row) to whole chunks whose size is a mu
 mesh's device count, so every chunk reuses one compiled program; padded rows are dropped.
 Compiled programs are cached per problem (see :func:`programs`).
 
-Without an explicit chunk size, XLA:CPU runs at most :data:`CPU_CHUNK_ROWS` rows at once: the
-per-row cost of a step is flat up to about 64 rows and rises by ~25% at 128-256 rows (the
-working set leaves the caches; seed U-Net, see BENCHMARKS.md), so chunking keeps the cost per
-target flat and the memory bounded. Accelerators take all rows at once unless told otherwise.
+Without an explicit chunk size, XLA:CPU runs at most :data:`CPU_CHUNK_ROWS` rows per device at
+once: the per-row cost of a step is flat up to about 64 rows and rises by ~25% at 128-256 rows
+(the working set leaves the caches; seed U-Net, see BENCHMARKS.md), so chunking keeps the cost
+per target flat and the memory bounded. Accelerators take all rows at once unless told
+otherwise.
 """
 
 from __future__ import annotations
@@ -109,12 +110,13 @@ def _platform(a) -> str:
 def chunking(problem: Problem, x_rows: jax.Array, chunk_rows: int | None) -> tuple[int, int]:
     """``(rows per chunk, number of chunks)`` for solving ``x_rows`` (see the module docstring)."""
     b = x_rows.shape[0]
-    if chunk_rows is None and problem.sharding is None and _platform(x_rows) == "cpu":
-        chunk_rows = CPU_CHUNK_ROWS
+    ndev = 1 if problem.sharding is None else problem.sharding.mesh.devices.size
+    if chunk_rows is None:
+        cpu = (problem.sharding.mesh.devices.flat[0].platform if problem.sharding is not None
+               else _platform(x_rows)) == "cpu"
+        chunk_rows = CPU_CHUNK_ROWS * ndev if cpu else None
     size = b if chunk_rows is None else math.ceil(b / math.ceil(b / chunk_rows))
-    if problem.sharding is not None:
-        ndev = problem.sharding.mesh.devices.size
-        size = math.ceil(size / ndev) * ndev
+    size = math.ceil(size / ndev) * ndev
     return size, math.ceil(b / size)
 
 
@@ -168,20 +170,25 @@ def solve_cost(problem: Problem, x_rows: jax.Array, y_rows: jax.Array,
     """XLA's cost analysis of one step over all rows, chunked as :func:`solve_rows` would.
 
     The step program for one chunk is compiled (never run). Returns ``flops`` and
-    ``bytes_accessed`` of one step over all chunks (padding rows included: they are computed),
-    the buffer sizes of the one-chunk step program ``argument_bytes``, ``output_bytes`` and
-    ``temp_bytes`` (``0`` where the backend does not report them), ``chunk_rows`` and ``chunks``.
+    ``bytes_accessed`` of one step over all chunks and devices (padding rows included: they are
+    computed), the buffer sizes of the one-chunk step program on ONE device ``argument_bytes``,
+    ``output_bytes`` and ``temp_bytes`` (``0`` where the backend does not report them),
+    ``chunk_rows``, ``chunks`` and ``devices`` (rows of a chunk are split over the devices; a
+    sharded program's cost analysis describes one device's part).
     """
     size, n_chunks = chunking(problem, x_rows, chunk_rows)
-    x_rows = jax.ShapeDtypeStruct((size, *x_rows.shape[1:]), x_rows.dtype)
-    y_rows = jax.ShapeDtypeStruct((size, *y_rows.shape[1:]), y_rows.dtype)
+    ndev = 1 if problem.sharding is None else problem.sharding.mesh.devices.size
+    x_rows = jax.ShapeDtypeStruct((size, *x_rows.shape[1:]), x_rows.dtype,
+                                  sharding=problem.sharding)
+    y_rows = jax.ShapeDtypeStruct((size, *y_rows.shape[1:]), y_rows.dtype,
+                                  sharding=problem.sharding)
     state = jax.eval_shape(lambda x: init_state(problem, x), x_rows)
     compiled = jax.jit(make_step(problem)).lower(x_rows, state, y_rows).compile()
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, list | tuple) else (cost or {})
-    out = {"flops": n_chunks * float(cost.get("flops", 0.0)),
-           "bytes_accessed": n_chunks * float(cost.get("bytes accessed", 0.0)),
-           "chunk_rows": size, "chunks": n_chunks}
+    out = {"flops": n_chunks * ndev * float(cost.get("flops", 0.0)),
+           "bytes_accessed": n_chunks * ndev * float(cost.get("bytes accessed", 0.0)),
+           "chunk_rows": size, "chunks": n_chunks, "devices": ndev}
     try:
         mem = compiled.memory_analysis()
     except (NotImplementedError, RuntimeError):

@@ -1,0 +1,77 @@
+"""Automatic chunking of large batches on CPU, and the engine's static step cost."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from inversion.engine import invert_batch, step_cost
+from inversion.engine_run import CPU_CHUNK_ROWS, chunking
+from inversion.loop import Problem
+from inversion.losses import mse
+
+A = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+
+
+def smooth(x):
+    """A small nonlinear map R^3 -> R^4."""
+    return jnp.tanh(A @ x) + 0.1 * x.sum() ** 2
+
+
+KW = dict(optimizer="adam", learning_rate=0.05, steps=30)
+PROBLEM = Problem(fn=smooth, loss=mse, regularizers=(), optimizer=optax.adam(0.05), steps=30)
+
+
+def _expected_chunks(rows: int) -> tuple[int, int]:
+    """What the engine should pick on this CPU: at most 64 rows per CPU device per chunk,
+    balanced chunks, rows split over all CPU devices when there are >= 4 per device."""
+    ndev = len(jax.devices("cpu"))
+    ndev = ndev if rows >= 4 * ndev else 1
+    chunks = math.ceil(rows / (CPU_CHUNK_ROWS * ndev))
+    return math.ceil(math.ceil(rows / chunks) / ndev) * ndev, chunks
+
+
+@pytest.mark.parametrize(
+    "rows,chunk,expected",
+    [
+        (CPU_CHUNK_ROWS, None, (CPU_CHUNK_ROWS, 1)),
+        (2 * CPU_CHUNK_ROWS + 2, None, (44, 3)),  # balanced: 3 chunks of 44, not 64 + 64 + 2
+        (5, 3, (3, 2)),  # one padding row
+        (4, None, (4, 1)),
+    ],
+)
+def test_chunk_sizes_are_balanced_and_bounded(rows, chunk, expected):
+    assert jax.default_backend() == "cpu"
+    size, n = chunking(PROBLEM, jnp.zeros((rows, 3)), chunk)  # one device: no mesh
+    assert (size, n) == expected
+    assert size <= (chunk or CPU_CHUNK_ROWS) and size * n >= rows
+
+
+def test_auto_chunked_batch_equals_one_chunk():
+    n = 2 * CPU_CHUNK_ROWS + 2  # several chunks on CPU, with padding rows
+    x0 = jnp.asarray(np.random.default_rng(1).normal(size=(n, 3)), jnp.float32)
+    ys = jax.vmap(smooth)(jnp.asarray(np.random.default_rng(2).normal(size=(n, 3)), jnp.float32))
+    auto = invert_batch(smooth, ys, x0=x0, **KW)
+    whole = invert_batch(smooth, ys, x0=x0, chunk=n, **KW)
+    assert auto.x.shape == (n, 3) and auto.history.shape == (n, 30)
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_step_cost_counts_all_chunks():
+    n = 2 * CPU_CHUNK_ROWS + 2
+    x0, ys = jnp.zeros((n, 3)), jnp.ones((n, 4))
+    size, chunks = _expected_chunks(n)
+    cost = step_cost(smooth, ys, x0=x0, **KW)
+    assert (cost["chunk_rows"], cost["chunks"]) == (size, chunks)
+    one = step_cost(smooth, ys[:size], x0=x0[:size], **KW)
+    assert (one["chunk_rows"], one["chunks"]) == (size, 1)
+    assert one["flops"] > 0 and cost["flops"] == pytest.approx(chunks * one["flops"])
+    assert cost["argument_bytes"] > 0 and cost["output_bytes"] > 0 and cost["temp_bytes"] >= 0
+    with pytest.raises(ValueError, match="same leading axis"):
+        step_cost(smooth, ys[:3], x0=x0, **KW)
