@@ -1,9 +1,9 @@
 """One XLA:CPU device per core, so that a batch of inversions runs data-parallel on a CPU.
 
 XLA:CPU runs a program on one device with intra-op threads, and for the many small convolutions
-of an inversion step those threads hardly help: on 2 cores the seed U-Net's step at batch 64
-took 117 ms with 2 threads and 107 ms on one core, but 58 ms with the rows split over two CPU
-devices (one per core, the engine's sharded path; BENCHMARKS.md). JAX fixes its number of CPU
+of an inversion step those threads help little: on 2 cores the seed U-Net's Adam step at batch
+64 took 94.6 ms on one CPU device with 2 threads, 103.5 ms pinned to one core, and 59.0 ms with
+the rows split over two CPU devices (one per core, the engine's sharded path; BENCHMARKS.md). JAX fixes its number of CPU
 devices when its backend starts, so :func:`configure` must run before the first JAX computation;
 ``inversion.engine`` calls it on import (so ``import inversion`` does), which sets
 ``jax_num_cpu_devices`` to the number of usable cores unless
@@ -18,8 +18,9 @@ Only the CPU backend changes: on a GPU or TPU machine JAX's default devices are 
 before, and code that does not shard still runs on ``jax.devices('cpu')[0]``.
 
 :func:`cpu_mesh` is the engine's default mesh on CPU: all CPU devices, used when a batch has at
-least :data:`MIN_ROWS_PER_DEVICE` rows per device (below that, padding and the per-device
-dispatch cost more than the split saves: 1 target took 2.5 ms/step on one device, 3.6 on two).
+least :data:`MIN_ROWS_PER_DEVICE` row per device. Measured on 2 cores (seed U-Net, ms per step,
+one device / two): 1 row 1.79 / 2.19 (padded to 2 rows: the split loses), 2 rows 3.54 / 2.30,
+4 rows 6.49 / 5.57 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 
 ENV = "INVERSION_CPU_DEVICES"
-MIN_ROWS_PER_DEVICE = 4
+MIN_ROWS_PER_DEVICE = 1
 
 
 def usable_cores() -> int:

@@ -222,7 +222,7 @@ def invert_batch(
             device count. With several processes (after ``jax.distributed.initialize``) pass the
             same host (numpy) arrays on every process; results are global arrays. ``None`` on a
             CPU with several CPU devices (one per core by default, see
-            :mod:`inversion.cpu_devices`) and at least 4 rows per device: all CPU devices.
+            :mod:`inversion.cpu_devices`) and at least one row per device: all CPU devices.
         other options: as in :func:`invert`.
     """
     restarts = chk.check_int("restarts", restarts, minimum=1)

@@ -6,9 +6,9 @@ mesh's device count, so every chunk reuses one compiled program; padded rows are
 Compiled programs are cached per problem (see :func:`programs`).
 
 Without an explicit chunk size, XLA:CPU runs at most :data:`CPU_CHUNK_ROWS` rows per device at
-once: the per-row cost of a step is flat up to about 64 rows and rises by ~25% at 128-256 rows
-(the working set leaves the caches; seed U-Net, see BENCHMARKS.md), so chunking keeps the cost
-per target flat and the memory bounded. Accelerators take all rows at once unless told
+once: the per-row cost of a step stays within 1.57-1.78 ms from 4 to 64 rows on one core and
+is 2.10 ms at 128 rows (seed U-Net Adam step, BENCHMARKS.md), so chunking keeps the cost per
+target flat and the memory bounded. Accelerators take all rows at once unless told
 otherwise.
 """
 

@@ -21,10 +21,11 @@ no-ops and both loops, any chunking and any batch size give the same per-row ans
   every ``check_every`` steps one scalar (``state.running``) is read back to stop early.
 * :func:`compiled_loop`: the same step in ``lax.scan`` (no ``tol``) or ``lax.while_loop``.
 
-On XLA:CPU the Python loop is the fast one (the engine's default there): inside a while loop
-(jaxlib 0.10) the input-gradient convolutions keep a transposed kernel layout ('01oi') that is
-not handed to the YNNPACK convolution and runs 6-7x slower per step (seed U-Net, batch 64);
-outside a loop XLA folds the kernel transpose into a constant and the fast path applies.
+On XLA:CPU the Python loop is the fast one (the engine's default there): the same step inside
+``lax.while_loop`` took 380 ms instead of 59 ms (seed U-Net, batch 64, two CPU devices; 413
+vs 95 ms on one; jaxlib 0.10, BENCHMARKS.md). Outside a loop XLA folds the transposed kernels
+of the input-gradient convolutions into constants; inside one they are loop operands, which
+is the likely cause.
 Accelerators run the compiled loop (no per-step dispatch, no host round trip).
 """
 

@@ -18,7 +18,8 @@ def test_measure_reports_every_field_positive():
     for field in ("seconds", "targets_per_s", "ms_per_step", "flops_per_step", "gflops",
                   "peak_fraction", "peak_memory_bytes"):
         assert math.isfinite(row[field]) and row[field] > 0, (field, row[field])
-    for field in ("compile_s", "memory_increase_bytes", "memory_per_target_bytes"):
+    for field in ("compile_s", "memory_increase_bytes", "memory_per_target_bytes",
+                  "output_residual_median"):
         assert math.isfinite(row[field]) and row[field] >= 0, (field, row[field])
     # the figures are consistent with each other
     assert row["targets_per_s"] == pytest.approx(2 / row["seconds"])

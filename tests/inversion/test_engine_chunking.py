@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from inversion.cpu_devices import MIN_ROWS_PER_DEVICE
 from inversion.engine import invert_batch, step_cost
 from inversion.engine_run import CPU_CHUNK_ROWS, chunking
 from inversion.loop import Problem
@@ -29,9 +30,9 @@ PROBLEM = Problem(fn=smooth, loss=mse, regularizers=(), optimizer=optax.adam(0.0
 
 def _expected_chunks(rows: int) -> tuple[int, int]:
     """What the engine should pick on this CPU: at most 64 rows per CPU device per chunk,
-    balanced chunks, rows split over all CPU devices when there are >= 4 per device."""
+    balanced chunks, rows split over all CPU devices when there is at least one per device."""
     ndev = len(jax.devices("cpu"))
-    ndev = ndev if rows >= 4 * ndev else 1
+    ndev = ndev if rows >= MIN_ROWS_PER_DEVICE * ndev else 1
     chunks = math.ceil(rows / (CPU_CHUNK_ROWS * ndev))
     return math.ceil(math.ceil(rows / chunks) / ndev) * ndev, chunks
 
