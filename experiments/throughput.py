@@ -92,6 +92,13 @@ def _torch_runner(torch_params, targets, x0, steps, threads):
     return run
 
 
+def _residual_median(forward, x, targets) -> float:
+    """Median over rows of ‖forward(x) − y‖ / ‖y‖."""
+    y = np.asarray(targets).reshape(len(targets), -1)
+    r = np.asarray(forward(jnp.asarray(x, jnp.float32))).reshape(len(y), -1) - y
+    return float(np.median(np.linalg.norm(r, axis=1) / np.linalg.norm(y, axis=1)))
+
+
 def _timed_value(run):
     start = time.perf_counter()
     value = run()
@@ -161,11 +168,6 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
                 mems[name].append(mem)
         med = {name: statistics.median(ts) for name, ts in times.items()}
         forward = jax.jit(jax.vmap(fn))
-        y_flat = np.asarray(targets).reshape(batch, -1)
-
-        def residual_median(x):
-            r = np.asarray(forward(jnp.asarray(x, jnp.float32))).reshape(batch, -1) - y_flat
-            return float(np.median(np.linalg.norm(r, axis=1) / np.linalg.norm(y_flat, axis=1)))
 
         peak_rate = peak["gflops"]
         for lp in loops:
@@ -180,7 +182,7 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
                        memory_increase_bytes=max(m.increase_bytes for m in mems[name]),
                        memory_kind=mems[name][0].kind, chunk_rows=cost["chunk_rows"],
                        chunks=cost["chunks"], devices=cost["devices"],
-                       output_residual_median=residual_median(last[name]),
+                       output_residual_median=_residual_median(forward, last[name], targets),
                        load_average=bm.load_average())
             # XLA's buffers of one chunk's step program on one device (arguments + outputs +
             # temporaries): the memory a step needs, whatever the allocator keeps cached
@@ -198,7 +200,8 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
                                m.increase_bytes for m in mems[("torch", best)]),
                            max_abs_diff_vs_torch=float(
                                np.max(np.abs(last[name] - last[("torch", best)]))),
-                           torch_output_residual_median=residual_median(last[("torch", best)]))
+                           torch_output_residual_median=_residual_median(
+                               forward, last[("torch", best)], targets))
             rows.append(row)
             log(_line(row))
     peak_after = bm.matmul_peak(n=matmul_n)
