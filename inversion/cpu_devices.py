@@ -18,9 +18,9 @@ Only the CPU backend changes: on a GPU or TPU machine JAX's default devices are 
 before, and code that does not shard still runs on ``jax.devices('cpu')[0]``.
 
 :func:`cpu_mesh` is the engine's default mesh on CPU: all CPU devices, used when a batch has at
-least :data:`MIN_ROWS_PER_DEVICE` row per device. Measured on 2 cores (seed U-Net, ms per step,
-one device / two): 1 row 1.79 / 2.19 (padded to 2 rows: the split loses), 2 rows 3.54 / 2.30,
-4 rows 6.49 / 5.57 (BENCHMARKS.md).
+least :data:`MIN_ROWS_PER_DEVICE` row per device. Measured on 2 cores (seed U-Net Adam step,
+ms per step on one device / split over two): 2 rows 4.04 / 2.84, 3 rows (padded to 4) 5.49 /
+3.99, 4 rows 7.91 / 4.11, 8 rows 12.98 / 8.19 (BENCHMARKS.md). One row stays on one device.
 """
 
 from __future__ import annotations
