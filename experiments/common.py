@@ -95,15 +95,18 @@ def cli(run: Callable[..., dict], name: str, doc: str | None, argv=None) -> dict
     return metrics
 
 
-def trained_seed_unet(*, quick: bool = False, size: int = 32, progress: bool = False):
+def trained_seed_unet(*, quick: bool = False, size: int = 32, progress: bool = False,
+                      skips: bool = True):
     """The seed U-Net trained on synthetic segmentation scenes, from the model cache if present.
 
     Returns ``(model, test_set, history)``. Default: 2,000 training scenes, 400 Adam steps
     (quick: 256 scenes, 80 steps — still dice ≥ 0.9, the project's quality bar). The cache
     (``$INVERSION_CACHE`` or ``.cache/models``) is keyed by model, training config and data, so
-    every experiment shares one training run.
+    every experiment shares one training run. ``skips=False``: the same architecture, init key,
+    data and training without the skip connections (a ``models.UNet``).
     """
     import jax
+    from flax import nnx
 
     import models
 
@@ -111,9 +114,16 @@ def trained_seed_unet(*, quick: bool = False, size: int = 32, progress: bool = F
     train_set = models.data.synthetic_scenes(jax.random.key(0), n_train, size=size)
     test_set = models.data.synthetic_scenes(jax.random.key(1), 128, size=size)
     config = models.TrainConfig(steps=steps, batch_size=32, learning_rate=5e-3, eval_every=steps)
+    if skips:
+        build, key = (lambda: models.seed_unet(0)), {"model": "seed_unet", "init_key": 0,
+                                                     **models.SEED_UNET_CONFIG}
+    else:
+        arch = {**models.SEED_UNET_CONFIG, "skips": False}
+        build, key = (lambda: models.UNet(**arch, rngs=nnx.Rngs(params=0))), {
+            "model": "unet", "init_key": 0, **arch}
     result = models.cached_train(
-        lambda: models.seed_unet(0),
-        {"model": "seed_unet", "init_key": 0, **models.SEED_UNET_CONFIG},
+        build,
+        key,
         train_set,
         config=config,
         eval_data=test_set,

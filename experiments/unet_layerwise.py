@@ -87,19 +87,7 @@ def _profile(quick: bool) -> dict:
 def trained_unet(*, skips: bool, quick: bool):
     """``(model, test_set, history)``: the seed U-Net (``skips=True``, shared with every
     experiment) or the same architecture without skips, trained the same way and cached."""
-    if skips:
-        return trained_seed_unet(quick=quick)
-    n_train, steps = (256, 80) if quick else (2000, 400)  # as in trained_seed_unet
-    train_set = models.data.synthetic_scenes(jax.random.key(0), n_train, size=32)
-    test_set = models.data.synthetic_scenes(jax.random.key(1), 128, size=32)
-    config = models.TrainConfig(steps=steps, batch_size=32, learning_rate=5e-3, eval_every=steps)
-    arch = {**models.SEED_UNET_CONFIG, "skips": False}
-    result = models.cached_train(
-        lambda: models.UNet(**arch, rngs=nnx.Rngs(params=0)),
-        {"model": "unet", "init_key": 0, **arch},
-        train_set, config=config, eval_data=test_set, progress=False,
-    )
-    return result.model, test_set, result.history
+    return trained_seed_unet(quick=quick, skips=skips)
 
 
 def stacked_features(model):
