@@ -30,6 +30,7 @@ EXPERIMENTS = (
     "unet_inversion",
     "unet_layerwise",
     "preimage_spread",
+    "alternatives",
 )
 
 

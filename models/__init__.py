@@ -2,7 +2,9 @@
 
 from models import data, layers
 from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
+from models.decoder import Decoder
 from models.dense import MLP, Linear
+from models.flows import ActNorm, AffineCoupling, Bijector, Flow
 from models.losses import dice, iou, segmentation_loss
 from models.pure import count_parameters, feature_fn, layer_names, split
 from models.seed import SEED_UNET_CONFIG, SEED_UNET_PARAMETERS, seed_unet
@@ -10,7 +12,8 @@ from models.training import TrainConfig, TrainResult, evaluate, train
 from models.unet import UNet
 
 __all__ = [
-    "MLP", "SEED_UNET_CONFIG", "SEED_UNET_PARAMETERS", "CheckpointError", "Linear", "TrainConfig",
+    "MLP", "SEED_UNET_CONFIG", "SEED_UNET_PARAMETERS", "ActNorm", "AffineCoupling", "Bijector",
+    "CheckpointError", "Decoder", "Flow", "Linear", "TrainConfig",
     "TrainResult", "UNet", "cached_train", "count_parameters", "data", "dice", "evaluate",
     "feature_fn", "iou", "layer_names", "layers", "restore_model", "save_model", "seed_unet",
     "segmentation_loss", "split", "train",

@@ -1,0 +1,188 @@
+"""Three ways back from a segmentation network's output to its input, on the same test scenes.
+
+Command:   python -m experiments.alternatives [--out results] [--quick] [--full]
+Runtime:   measured on a 2-core CPU, see the closing lines of the docstring.
+
+Methods (all see the same held-out synthetic scenes ``x₀`` and the outputs ``y = Φ(x₀)``):
+
+* **optimisation** — ``inversion.invert_batch`` on the trained seed U-Net ``Φ``: Adam on the
+  input from ``x = 0.1·N(0, I)``, box ``[0, 1]``, no learned prior.
+* **learned inverse** — a :class:`models.decoder.Decoder` ``g`` trained on ``(Φ(x), x)`` for the
+  training scenes (regression, MSE); ``x̂ = g(y)`` in one forward pass. It approximates
+  ``E[x | Φ(x)]``, so it is exact only where Φ is injective *and* ``g`` has learned it.
+* **invertible network** — a :class:`models.flows.Flow` (affine couplings) trained on the SAME
+  segmentation task (its output, shaped like the image, is used as mask logits); its input is
+  ``x̂ = Flow.inverse(y)``, exact up to float rounding whatever the training reached. For
+  comparison the engine's optimisation is also run on the flow's outputs.
+
+Reported per method: median input relative error ``‖x̂ − x₀‖/‖x₀‖``, median PSNR, the median
+output residual ``‖Φ(x̂) − y‖/‖y‖`` (what the method matched in output space), and the
+forward network's test dice (how good a segmenter it is: the flow pays for exact
+invertibility with a dimension-preserving, weaker segmenter).
+
+The seed study's claim for this row (DESIGN §5): "invertible networks (normalizing flows)
+invert exactly; learned inverses (decoders) and optimisation approximate".
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import models
+from experiments.common import (
+    cli,
+    experiment_dir,
+    reference,
+    save_figure,
+    trained_seed_unet,
+    write_metrics,
+)
+from inversion import invert_batch, metrics
+from models.decoder import Decoder
+from models.flows import Flow
+
+NAME = "alternatives"
+EXACT = 1e-4  # an input relative error below this counts as exact (float32 rounding)
+APPROXIMATE = 1e-2  # above this, a method approximates
+
+
+def _profile(quick: bool, full: bool) -> dict:
+    if quick:
+        return dict(targets=4, steps=150, train_steps=80, n_train=256)
+    if full:
+        return dict(targets=64, steps=1000, train_steps=1000, n_train=2000)
+    return dict(targets=16, steps=400, train_steps=400, n_train=2000)
+
+
+def _train_config(steps: int, task: str) -> models.TrainConfig:
+    return models.TrainConfig(task=task, steps=steps, batch_size=32, learning_rate=5e-3,
+                              eval_every=steps)
+
+
+def _decoder(unet, cfg):
+    """The learned inverse of ``unet``'s output, trained on the training scenes."""
+    train_x = models.data.synthetic_scenes(jax.random.key(0), cfg["n_train"], size=32).images
+    forward = _jitted(unet)
+    pairs = (np.asarray(forward(train_x)), np.asarray(train_x))
+    arch = dict(in_channels=1, out_channels=1, width=32, depth=3, upsample=0)
+    return models.cached_train(
+        lambda: Decoder(**arch, rngs=nnx.Rngs(params=0)),
+        {"model": "decoder_of_seed_unet_out", "init_key": 0, **arch},
+        pairs,
+        config=_train_config(cfg["train_steps"], "regression"),
+        progress=False,
+    ).model
+
+
+def _flow(cfg):
+    """``(flow, history)``: an invertible network trained on the segmentation scenes."""
+    train_set = models.data.synthetic_scenes(jax.random.key(0), cfg["n_train"], size=32)
+    test_set = models.data.synthetic_scenes(jax.random.key(1), 128, size=32)
+    arch = dict(channels=1, hidden=16, couplings=4)
+    result = models.cached_train(
+        lambda: Flow(**arch, rngs=nnx.Rngs(params=0)),
+        {"model": "flow", "init_key": 0, **arch},
+        train_set,
+        config=_train_config(cfg["train_steps"], "segmentation"),
+        eval_data=test_set,
+        progress=False,
+    )
+    return result.model, result.history
+
+
+def _jitted(model, method: str = "__call__"):
+    """``jit(x ↦ model.<method>(x))`` with the weights as constants."""
+    graphdef, params = nnx.split(model)
+    return jax.jit(lambda x: getattr(nnx.merge(graphdef, params), method)(x))
+
+
+def _optimise(model, targets, steps):
+    graphdef, params = nnx.split(model)
+
+    def fn(x):  # one (H, W, 1) image -> the model's (H, W, 1) output
+        return nnx.merge(graphdef, params)(x[None])[0]
+
+    return invert_batch(fn, targets, x_shape=targets.shape[1:], key=jax.random.key(7),
+                        init_scale=0.1, optimizer="adam", learning_rate=0.05, steps=steps,
+                        bounds=(0.0, 1.0)).x
+
+
+def _scores(forward, x_hat, x_true, y) -> dict:
+    """Median input error, PSNR and output residual of reconstructions ``x_hat``."""
+    err = np.asarray(metrics.relative_error(x_hat, x_true, batched=True, reduce=False))
+    psnr = np.asarray(metrics.psnr(jnp.clip(x_hat, 0, 1), x_true, batched=True, reduce=False))
+    res = np.asarray(metrics.relative_error(forward(x_hat), y, batched=True, reduce=False))
+    return {"input_relative_error": float(np.median(err)), "input_psnr_db": float(np.median(psnr)),
+            "output_residual": float(np.median(res)), "per_target_input_error": err}
+
+
+def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+    folder = experiment_dir(out, NAME)
+    cfg = _profile(quick, full)
+    unet, test_set, unet_history = trained_seed_unet(quick=quick)
+    flow, flow_history = _flow(cfg)
+    decoder = _decoder(unet, cfg)
+
+    x_true = test_set.images[: cfg["targets"]]
+    unet_fwd, flow_fwd = _jitted(unet), _jitted(flow)
+    y_unet, y_flow = unet_fwd(x_true), flow_fwd(x_true)
+    recon = {
+        "optimisation (U-Net)": (unet_fwd, _optimise(unet, y_unet, cfg["steps"]), y_unet),
+        "learned inverse (U-Net)": (unet_fwd, _jitted(decoder)(y_unet), y_unet),
+        "flow inverse": (flow_fwd, _jitted(flow, "inverse")(y_flow), y_flow),
+        "optimisation (flow)": (flow_fwd, _optimise(flow, y_flow, cfg["steps"]), y_flow),
+    }
+    rows = {name: _scores(fwd, x_hat, x_true, y) for name, (fwd, x_hat, y) in recon.items()}
+    rows["optimisation (U-Net)"]["forward_dice"] = unet_history["eval"][-1]["dice"]
+    rows["learned inverse (U-Net)"]["forward_dice"] = unet_history["eval"][-1]["dice"]
+    rows["flow inverse"]["forward_dice"] = flow_history["eval"][-1]["dice"]
+    rows["optimisation (flow)"]["forward_dice"] = flow_history["eval"][-1]["dice"]
+
+    _plot(folder, x_true, {name: x for name, (_, x, _) in recon.items()}, rows)
+    flow_err = rows["flow inverse"]["input_relative_error"]
+    dec_err = rows["learned inverse (U-Net)"]["input_relative_error"]
+    opt_err = rows["optimisation (U-Net)"]["input_relative_error"]
+    summary = {
+        "profile": cfg,
+        "methods": rows,
+        "references": [
+            reference(
+                "invertible networks invert exactly; learned inverses and optimisation "
+                "approximate",
+                f"flow input error < {EXACT:g}; decoder and optimisation > {APPROXIMATE:g}",
+                {"flow inverse": flow_err, "learned inverse": dec_err, "optimisation": opt_err},
+                flow_err < EXACT and dec_err > APPROXIMATE and opt_err > APPROXIMATE,
+            ),
+        ],
+    }
+    write_metrics(folder, summary)
+    return summary
+
+
+def _plot(folder, x_true, recon: dict, rows: dict, n: int = 4):
+    import matplotlib.pyplot as plt
+
+    n = min(n, x_true.shape[0])
+    cols = [("input x₀", x_true)] + list(recon.items())
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.1 * len(cols), 2.1 * n), squeeze=False)
+    for i in range(n):
+        for ax, (title, images) in zip(axes[i], cols, strict=True):
+            ax.imshow(np.asarray(images[i])[..., 0], cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+            if i == 0:
+                err = rows.get(title, {}).get("input_relative_error")
+                ax.set_title(title if err is None else f"{title}\nerror {err:.1e}", fontsize=7)
+    save_figure(fig, folder / "reconstructions.png")
+
+
+def main(argv=None):
+    return cli(run, NAME, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()
