@@ -102,10 +102,10 @@ def _jitted(model, method: str = "__call__"):
 
 
 def _optimise(model, targets, steps):
-    graphdef, params = nnx.split(model)
+    apply_fn, params = models.split(model)
 
     def fn(x):  # one (H, W, 1) image -> the model's (H, W, 1) output
-        return nnx.merge(graphdef, params)(x[None])[0]
+        return apply_fn(params, x[None])[0]
 
     return invert_batch(fn, targets, x_shape=targets.shape[1:], key=jax.random.key(7),
                         init_scale=0.1, optimizer="adam", learning_rate=0.05, steps=steps,

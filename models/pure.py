@@ -13,6 +13,11 @@ import jax
 from flax import nnx
 
 
+def _check_module(model) -> None:
+    if not isinstance(model, nnx.Module) or not callable(model):
+        raise TypeError(f"expected a callable flax.nnx.Module, got {type(model).__name__}")
+
+
 def _check_model(model) -> None:
     if not isinstance(model, nnx.Module) or not hasattr(model, "features"):
         raise TypeError(
@@ -21,8 +26,9 @@ def _check_model(model) -> None:
 
 
 def split(model) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
-    """``(apply_fn, params)`` with ``apply_fn(params, x) == model(x)``."""
-    _check_model(model)
+    """``(apply_fn, params)`` with ``apply_fn(params, x) == model(x)``, for any callable NNX
+    module (U-Nets, MLPs, flows, decoders)."""
+    _check_module(model)
     graphdef, params = nnx.split(model)
 
     def apply_fn(params, x):
@@ -54,6 +60,6 @@ def feature_fn(model, name: str) -> tuple[Callable[[nnx.State, jax.Array], jax.A
 
 
 def count_parameters(model) -> int:
-    """Number of trainable scalars (``nnx.Param`` leaves) in the model."""
-    _check_model(model)
+    """Number of trainable scalars (``nnx.Param`` leaves) in the model (any NNX module)."""
+    _check_module(model)
     return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -68,5 +68,16 @@ def test_feature_fn_returns_each_named_activation():
         np.testing.assert_allclose(jax.jit(fn)(params, x), acts[name], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown layer 'enc9'"):
         models.feature_fn(model, "enc9")
-    with pytest.raises(TypeError, match="features"):
+    with pytest.raises(TypeError, match="callable flax.nnx.Module.*function"):
         models.split(lambda x: x)
+
+
+def test_split_and_count_accept_any_callable_module():
+    flow = models.Flow(channels=1, hidden=4, couplings=2, rngs=nnx.Rngs(0))
+    apply_fn, params = models.split(flow)
+    x = jnp.linspace(0.0, 1.0, 32).reshape(2, 4, 4, 1)
+    np.testing.assert_allclose(apply_fn(params, x), flow(x), atol=1e-6)
+    assert models.count_parameters(flow) == sum(
+        leaf.size for leaf in jax.tree.leaves(nnx.state(flow, nnx.Param)))
+    assert models.count_parameters(models.Decoder(2, width=3, depth=0, rngs=nnx.Rngs(0))) == (
+        3 * 3 * 2 * 3 + 3 + 3 * 3 * 3 * 1 + 1)
