@@ -67,7 +67,7 @@ APPROXIMATE = 1e-2  # above this, a method approximates
 
 def _profile(quick: bool, full: bool) -> dict:
     if quick:
-        return dict(targets=4, steps=150, train_steps=80, n_train=256)
+        return dict(targets=4, steps=60, train_steps=30, n_train=128)
     if full:
         return dict(targets=64, steps=1000, train_steps=1000, n_train=2000)
     return dict(targets=16, steps=400, train_steps=400, n_train=2000)

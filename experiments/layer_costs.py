@@ -84,6 +84,9 @@ WINOGRAD = {
 }
 
 
+LAYERS = ("enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "cat1", "out")
+
+
 def _combine(parts: list, matrix: np.ndarray) -> list:
     """``[Σ_u matrix[k, u] · parts[u] for k]``, skipping zero coefficients."""
     out = []
@@ -173,24 +176,10 @@ def _time_adam_step(apply_fn, params, rows: int, repeats: int, rng) -> tuple[flo
     return 1e3 * statistics.median(times), flops
 
 
-def measure(rows: int = 32, repeats: int = 30, step_rows=(), matmul_n: int = bm.MATMUL_SIZE,
-            log=print) -> dict:
-    """Per-layer and whole-step costs at ``rows`` images (the whole step also at each of
-    ``step_rows``); see the module docstring."""
-    from models.pure import split
-    from models.seed import seed_unet
-
-    if rows < 1 or repeats < 1 or any(n < 1 for n in step_rows):
-        raise ValueError(f"need rows >= 1, repeats >= 1 and step_rows >= 1, got rows={rows}, "
-                         f"repeats={repeats}, step_rows={step_rows}")
-    info = bm.machine()
-    log(f"machine: {bm.describe(info)}")
-    peak = bm.matmul_peak(n=matmul_n)["gflops"]
-    log(f"matmul {matmul_n}² float32: {peak:.1f} GFLOP/s")
-    net = seed_unet(0)
-    k = {name.split(".")[0]: layer.kernel[...] for name, layer in net.conv_layers().items()}
-    rng = np.random.default_rng(0)
-    r = rows
+def layer_cases(kernels: dict, rows: int) -> list[tuple]:
+    """``(layer, variant, fn, input shapes)`` for every seed U-Net layer at ``rows`` images of
+    32×32 (``kernels``: HWIO kernels by layer name, e.g. ``enc1``, ``up2``, ``out``)."""
+    k, r = kernels, rows
     cases = [
         ("enc1 conv 3x3 1->16", "engine", lambda x: layers.conv2d(x, k["enc1"]), [(r, 32, 32, 1)]),
         ("enc1 conv 3x3 1->16", "lax", lambda x: _lax_conv(x, k["enc1"]), [(r, 32, 32, 1)]),
@@ -214,6 +203,32 @@ def measure(rows: int = 32, repeats: int = 30, step_rows=(), matmul_n: int = bm.
             (label, "winograd F(4,3)",
              lambda x, kern=kern: winograd_conv3x3(x, kern, 4), [(r, size, size, cin)]),
         ]
+    return cases
+
+
+def measure(rows: int = 32, repeats: int = 30, step_rows=(), matmul_n: int = bm.MATMUL_SIZE,
+            only=None, log=print) -> dict:
+    """Per-layer and whole-step costs at ``rows`` images (the whole step also at each of
+    ``step_rows``); ``only``: time just the layers whose name starts with one of these
+    (e.g. ``("dec2",)``). See the module docstring."""
+    from models.pure import split
+    from models.seed import seed_unet
+
+    if rows < 1 or repeats < 1 or any(n < 1 for n in step_rows):
+        raise ValueError(f"need rows >= 1, repeats >= 1 and step_rows >= 1, got rows={rows}, "
+                         f"repeats={repeats}, step_rows={step_rows}")
+    if only is not None and not set(only) <= set(LAYERS):
+        raise ValueError(f"only={only!r}: unknown layer; expected names from {list(LAYERS)}")
+    info = bm.machine()
+    log(f"machine: {bm.describe(info)}")
+    peak = bm.matmul_peak(n=matmul_n)["gflops"]
+    log(f"matmul {matmul_n}² float32: {peak:.1f} GFLOP/s")
+    net = seed_unet(0)
+    k = {name.split(".")[0]: layer.kernel[...] for name, layer in net.conv_layers().items()}
+    rng = np.random.default_rng(0)
+    cases = layer_cases(k, rows)
+    if only is not None:
+        cases = [c for c in cases if c[0].split()[0] in only]
     results = []
     for name, variant, layer, shapes in cases:
         fn, args = _forward_and_input_gradient(layer, shapes, rng)

@@ -1,14 +1,12 @@
 """Smoke runs of the U-Net information-loss experiments (quick sizes): files, layers, invariants.
 
-Both experiments train (or restore) U-Nets through the model cache. The cache lives in one
-temporary folder per test session (``INVERSION_CACHE``), so the quick U-Nets are trained once
-per session and shared by the tests here; set ``INVERSION_CACHE`` yourself to reuse a cache
-across sessions.
+The experiments train (or restore) U-Nets through the model cache, one temporary folder per
+test process (``conftest.py``), so the quick U-Nets are trained once per process and shared by
+the tests here; set ``INVERSION_CACHE`` yourself to reuse a cache across sessions.
 """
 
 import json
 import math
-import os
 
 import matplotlib
 import numpy as np
@@ -19,18 +17,6 @@ matplotlib.use("Agg")
 SEED_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "cat2", "dec2", "up1",
                "cat1", "out"]
 NO_SKIP_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "out"]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _model_cache(tmp_path_factory):
-    """One model cache per session unless the caller already chose one."""
-    if os.environ.get("INVERSION_CACHE"):
-        yield
-        return
-    mp = pytest.MonkeyPatch()
-    mp.setenv("INVERSION_CACHE", str(tmp_path_factory.mktemp("model_cache")))
-    yield
-    mp.undo()
 
 
 def _load(directory):
@@ -153,22 +139,3 @@ def test_unet_inversion_quick(tmp_path):
     assert saved["unet_test_dice"] >= 0.9
     for row in metrics["references"]:
         assert isinstance(row["agrees"], bool)
-
-
-def test_alternatives_quick(tmp_path):
-    from experiments import alternatives
-
-    summary = alternatives.run(tmp_path, quick=True)
-    rows = _load(tmp_path / "alternatives")["methods"]
-    assert set(rows) == {"optimisation (U-Net)", "learned inverse (U-Net)", "flow inverse",
-                         "optimisation (flow)"}
-    flow = rows["flow inverse"]
-    assert flow["input_relative_error"] < 1e-4 and flow["output_residual"] < 1e-4
-    assert flow["input_psnr_db"] > 60
-    for name in ("learned inverse (U-Net)", "optimisation (U-Net)"):
-        assert rows[name]["input_relative_error"] > 1e-2
-        assert math.isfinite(rows[name]["output_residual"])
-    for row in rows.values():
-        assert 0.0 <= row["forward_dice"] <= 1.0
-    assert all(r["agrees"] for r in summary["references"])
-    assert (tmp_path / "alternatives" / "reconstructions.png").stat().st_size > 0
