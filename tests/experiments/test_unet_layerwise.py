@@ -1,0 +1,88 @@
+"""Smoke run of unet_layerwise (quick sizes) and checks of its pieces: layers, ranks, loss.
+
+The experiments train (or restore) U-Nets through the model cache, one temporary folder per
+test process (``conftest.py``), so the quick U-Nets are trained once per process and shared by
+the tests here; set ``INVERSION_CACHE`` yourself to reuse a cache across sessions.
+"""
+
+import json
+import math
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+
+SEED_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "cat2", "dec2", "up1",
+               "cat1", "out"]
+NO_SKIP_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "out"]
+
+
+def _load(directory):
+    return json.loads((directory / "metrics.json").read_text())
+
+
+def test_unet_layerwise_quick(tmp_path):
+    from experiments import unet_layerwise
+
+    returned = unet_layerwise.run(tmp_path, quick=True)
+    d = tmp_path / "unet_layerwise"
+    for png in ("layerwise_error.png", "layerwise_rank.png", "layerwise_reconstructions.png"):
+        assert (d / png).stat().st_size > 0
+    m = _load(d)
+    assert m["skips"]["layers"] == SEED_LAYERS == returned["skips"]["layers"]
+    assert m["no_skips"]["layers"] == NO_SKIP_LAYERS
+    n_img = m["config"]["images"]
+    for variant in ("skips", "no_skips"):
+        res = m[variant]
+        assert set(res["per_layer"]) == set(res["layers"])
+        for name, row in res["per_layer"].items():
+            assert row["n_in"] == 256, name
+            assert 0 <= row["effective_rank"] <= row["rank"] <= min(row["n_in"], row["n_out"])
+            assert row["nullity"] == row["n_in"] - row["rank"]
+            assert math.isfinite(row["feature_error"]) and row["feature_error"] >= 0
+            assert 0 <= row["relative_error"] < 2 and len(row["psnr_per_image"]) == n_img
+            assert len(row["jacobian_per_image"]) == n_img
+        # every layer is in exactly one of the two classes it can fall into
+        assert set(res["lossy"]).isdisjoint(res["optimiser_limited"])
+        assert set(res["lossy"]) == {n for n, r in res["per_layer"].items() if r["nullity"] > 0}
+        for name in res["optimiser_limited"]:
+            assert res["per_layer"][name]["relative_error"] > m["config"]["failed_error"]
+        # the first conv (16 channels of 3x3, ReLU) keeps the input: recovered almost exactly
+        enc1 = res["per_layer"]["enc1"]
+        assert enc1["nullity"] == 0 and enc1["relative_error"] < 1e-3 and enc1["psnr"] > 50
+        # the output has one channel: its Jacobian is square (256 x 256)
+        assert res["per_layer"]["out"]["n_out"] == 256
+    # enc2 is the same activation in cat2 (concat of up2 and enc2): rank cannot drop
+    pl = m["skips"]["per_layer"]
+    assert pl["cat2"]["rank"] >= pl["enc2"]["rank"] and pl["cat1"]["rank"] >= pl["enc1"]["rank"]
+    ref = m["references"][0]
+    assert ref["agrees"] == (m["skips"]["per_layer"]["out"]["nullity"] > 0)
+
+
+def test_layer_selector_loss_equals_normalized_loss():
+    """The stacked, one-hot-selected loss equals the normalised loss of the selected layer."""
+    import jax.numpy as jnp
+
+    from experiments.unet_layerwise import selected_layer_loss
+    from inversion.losses import normalized
+
+    rng = np.random.default_rng(0)
+    seg = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2], np.int32)
+    pred, target = rng.normal(size=9), rng.normal(size=9)
+    loss = selected_layer_loss(seg)
+    for layer in range(3):
+        sel = seg == layer
+        onehot = np.eye(3)[layer]
+        got = loss(jnp.asarray(np.r_[pred, 0, 0, 0], jnp.float32),
+                   jnp.asarray(np.r_[target, onehot], jnp.float32))
+        want = normalized(jnp.asarray(pred[sel]), jnp.asarray(target[sel]))
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+
+
+def test_singular_values_match_svd():
+    from experiments.unet_layerwise import singular_values
+
+    a = np.random.default_rng(1).normal(size=(40, 6)) @ np.diag([1, 1e-1, 1e-2, 1e-3, 1, 0.0])
+    np.testing.assert_allclose(singular_values(a), np.linalg.svd(a, compute_uv=False),
+                               rtol=1e-8, atol=1e-10)
