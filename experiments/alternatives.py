@@ -3,7 +3,8 @@
 Command:   python -m experiments.alternatives [--out results] [--quick] [--full]
 Runtime:   2-core CPU (shared with other jobs while measured): default 7.5 min with the flow
            and the decoder trained from scratch (400 steps each; the seed U-Net was cached),
-           quick 1.5 min; a warm model cache leaves only the inversions.
+           quick (30 training steps, 4 scenes) 106 s in the test suite with a cold cache
+           (seed U-Net included) on a loaded machine; a warm model cache leaves the inversions.
 Measured (default: 16 test scenes, 400 steps; `metrics.json`):
 
     method                    input error   PSNR      output residual   forward dice
