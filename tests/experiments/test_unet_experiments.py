@@ -1,4 +1,4 @@
-"""Smoke runs of the U-Net information-loss experiments (quick sizes): files, layers, invariants.
+"""Smoke runs of unet_inversion and preimage_spread (quick sizes): files and invariants.
 
 The experiments train (or restore) U-Nets through the model cache, one temporary folder per
 test process (``conftest.py``), so the quick U-Nets are trained once per process and shared by
@@ -13,10 +13,6 @@ import numpy as np
 import pytest
 
 matplotlib.use("Agg")
-
-SEED_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "cat2", "dec2", "up1",
-               "cat1", "out"]
-NO_SKIP_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "out"]
 
 
 def _load(directory):
