@@ -60,8 +60,18 @@ def test_auto_chunked_batch_equals_one_chunk():
     auto = invert_batch(smooth, ys, x0=x0, **KW)
     whole = invert_batch(smooth, ys, x0=x0, chunk=n, **KW)
     assert auto.x.shape == (n, 3) and auto.history.shape == (n, 30)
+    # Chunks of 44 rows and one chunk of 130 compile to differently vectorised float32
+    # programs, so they agree to rounding, not bitwise. Error model: each of the `steps`
+    # Adam updates rounds x (and the loss) at eps_32 relative to the largest magnitude in
+    # play, and the two paths round independently: |a - b| <= steps * eps_32 * max|b|
+    # (measured: 1.8e-6 on x with max|x| = 3.5, bound 1.3e-5).
+    bound = KW["steps"] * np.finfo(np.float32).eps
     for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(whole), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype.kind in "iubUSO":  # steps, status: exactly equal
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=bound * max(1.0, np.abs(b).max()))
 
 
 def test_step_cost_counts_all_chunks():
