@@ -76,8 +76,9 @@ def _profile(quick: bool) -> dict:
 def _pairwise(xs: np.ndarray) -> np.ndarray:
     """All ``||x_i - x_j||`` for ``i < j`` (rows of ``xs`` flattened)."""
     flat = xs.reshape(xs.shape[0], -1)
-    return np.array([np.linalg.norm(flat[i] - flat[j])
-                     for i, j in itertools.combinations(range(len(flat)), 2)])
+    return np.array(
+        [np.linalg.norm(flat[i] - flat[j]) for i, j in itertools.combinations(range(len(flat)), 2)]
+    )
 
 
 def _spread(x_true, y, result, n_restarts, sigma_min) -> dict:
@@ -94,16 +95,21 @@ def _spread(x_true, y, result, n_restarts, sigma_min) -> dict:
     spread_pixels = restarts.max(axis=0) - restarts.min(axis=0)
     control_noise = float(np.max(dist[cs]))
     return {
-        "residual": res[rs], "residual_max": float(np.max(res[rs])),
-        "distance_to_true": dist[rs], "distance_to_true_median": float(np.median(dist[rs])),
-        "pairwise_distance": pair, "pairwise_distance_median": float(np.median(pair)),
+        "residual": res[rs],
+        "residual_max": float(np.max(res[rs])),
+        "distance_to_true": dist[rs],
+        "distance_to_true_median": float(np.median(dist[rs])),
+        "pairwise_distance": pair,
+        "pairwise_distance_median": float(np.median(pair)),
         "pairwise_distance_min": float(np.min(pair)),
         "pixels_differing_from_true": float(np.mean(np.abs(restarts - x0) > PIXEL_TOL)),
         "pixels_differing_between_restarts": float(np.mean(spread_pixels > PIXEL_TOL)),
         "pixel_std_mean": float(np.mean(restarts.std(axis=0))),
-        "control_residual": res[cs], "control_distance_to_true": dist[cs],
+        "control_residual": res[cs],
+        "control_distance_to_true": dist[cs],
         "control_noise": control_noise,
-        "linearised_bound": bound, "linearised_bound_median": float(np.median(bound)),
+        "linearised_bound": bound,
+        "linearised_bound_median": float(np.median(bound)),
         "within_linearised_bound": float(np.mean(dist[rs] <= bound)),
         "status": list(result.status[0]),
     }
@@ -114,9 +120,15 @@ def _weight_stats(model) -> dict:
     for name, layer in model.conv_layers().items():
         k = np.asarray(layer.kernel[...])
         b = np.asarray(layer.bias[...])
-        stats[name] = {"kernel_shape": list(k.shape), "count": int(k.size + b.size),
-                       "mean": float(k.mean()), "std": float(k.std()), "min": float(k.min()),
-                       "max": float(k.max()), "bias_mean": float(b.mean())}
+        stats[name] = {
+            "kernel_shape": list(k.shape),
+            "count": int(k.size + b.size),
+            "mean": float(k.mean()),
+            "std": float(k.std()),
+            "min": float(k.min()),
+            "max": float(k.max()),
+            "bias_mean": float(b.mean()),
+        }
     return stats
 
 
@@ -125,18 +137,30 @@ def _plot_spread(path, x_true, y, result, spread, n_restarts, n_show=4):
 
     xs = np.asarray(result.x[0])[:n_restarts]
     show = min(n_show, n_restarts)
-    panels = [("true input x0", x_true[..., 0], "gray", (0, 1)),
-              ("output f(x0) (logits)", np.asarray(y)[..., 0], "magma", None)]
+    panels = [
+        ("true input x0", x_true[..., 0], "gray", (0, 1)),
+        ("output f(x0) (logits)", np.asarray(y)[..., 0], "magma", None),
+    ]
     for k in range(show):
-        panels.append((f"restart {k}: res {spread['residual'][k]:.1e}\n"
-                       f"|x-x0|/|x0| {spread['distance_to_true'][k]:.3f}", xs[k, ..., 0], "gray",
-                       (0, 1)))
+        panels.append(
+            (
+                f"restart {k}: res {spread['residual'][k]:.1e}\n"
+                f"|x-x0|/|x0| {spread['distance_to_true'][k]:.3f}",
+                xs[k, ..., 0],
+                "gray",
+                (0, 1),
+            )
+        )
     panels.append(("pixelwise std over restarts", xs.std(axis=0)[..., 0], "viridis", None))
     panels.append(("|mean - x0|", np.abs(xs.mean(axis=0) - x_true)[..., 0], "viridis", None))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.7))
     for ax, (title, im, cmap, lim) in zip(axes, panels, strict=True):
-        h = ax.imshow(im, cmap=cmap, vmin=None if lim is None else lim[0],
-                      vmax=None if lim is None else lim[1])
+        h = ax.imshow(
+            im,
+            cmap=cmap,
+            vmin=None if lim is None else lim[0],
+            vmax=None if lim is None else lim[1],
+        )
         if lim is None:
             fig.colorbar(h, ax=ax, fraction=0.046, pad=0.03)
         ax.set_title(title, fontsize=7)
@@ -152,20 +176,32 @@ def _plot_convergence(path, result, spread, n_restarts):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     for k, h in enumerate(hist):
         ctrl = k >= n_restarts
-        ax1.semilogy(np.sqrt(np.maximum(h, 1e-20)), color="C1" if ctrl else "C0", lw=0.8,
-                     label=("control (start x0 + noise)" if ctrl else "random restart")
-                     if k in (0, n_restarts) else None)
+        ax1.semilogy(
+            np.sqrt(np.maximum(h, 1e-20)),
+            color="C1" if ctrl else "C0",
+            lw=0.8,
+            label=("control (start x0 + noise)" if ctrl else "random restart")
+            if k in (0, n_restarts)
+            else None,
+        )
     ax1.axhline(RESIDUAL_BOUND, color="k", ls=":", lw=0.8, label="residual bound")
     ax1.set_xlabel("step")
     ax1.set_ylabel("output residual ||f(x)-y||/||y||")
     ax1.legend(fontsize=7)
-    groups = {"restart to x0": spread["distance_to_true"],
-              "restart to restart": spread["pairwise_distance"],
-              "control to x0": spread["control_distance_to_true"],
-              "linearised bound": spread["linearised_bound"]}
+    groups = {
+        "restart to x0": spread["distance_to_true"],
+        "restart to restart": spread["pairwise_distance"],
+        "control to x0": spread["control_distance_to_true"],
+        "linearised bound": spread["linearised_bound"],
+    }
     ax2.boxplot(list(groups.values()), tick_labels=list(groups), showfliers=True)
-    ax2.axhline(spread["control_noise"] * NOISE_FACTOR, color="r", ls="--", lw=0.8,
-                label=f"{NOISE_FACTOR:g} x control noise")
+    ax2.axhline(
+        spread["control_noise"] * NOISE_FACTOR,
+        color="r",
+        ls="--",
+        lw=0.8,
+        label=f"{NOISE_FACTOR:g} x control noise",
+    )
     ax2.set_yscale("log")
     ax2.set_ylabel("relative input distance (/||x0||)")
     ax2.tick_params(axis="x", labelsize=7)
@@ -185,7 +221,7 @@ def _plot_weights(path, model):
         ax.hist(k, bins=60, color="C0")
         ax.set_title(f"{name} {tuple(layer.kernel[...].shape)}\nstd {k.std():.3f}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(layers):]:
+    for ax in list(axes.flat)[len(layers) :]:
         ax.axis("off")
     fig.suptitle("weight histograms of the trained seed U-Net (kernels, HWIO)", fontsize=9)
     fig.tight_layout()
@@ -202,19 +238,27 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
         return apply_fn(params, x[None])[0]
 
     lo = (test_set.images.shape[1] - SIZE) // 2
-    x_true = test_set.images[cfg["image"], lo: lo + SIZE, lo: lo + SIZE]
+    x_true = test_set.images[cfg["image"], lo : lo + SIZE, lo : lo + SIZE]
     y = np.asarray(fn(x_true))
     r, c = cfg["restarts"], cfg["controls"]
     rng = np.random.default_rng(cfg["seed"])
     x_np = np.asarray(x_true)
-    starts = np.concatenate([  # host arrays: see the note on committed arrays in the report
-        rng.uniform(size=(r, *x_np.shape)),
-        np.clip(x_np + CONTROL_SCALE * rng.normal(size=(c, *x_np.shape)), 0.0, 1.0),
-    ]).astype(np.float32)
+    starts = np.concatenate(
+        [  # host arrays: see the note on committed arrays in the report
+            rng.uniform(size=(r, *x_np.shape)),
+            np.clip(x_np + CONTROL_SCALE * rng.normal(size=(c, *x_np.shape)), 0.0, 1.0),
+        ]
+    ).astype(np.float32)
     result = invert_batch(
-        fn, y[None], x0=starts[None], restarts=r + c, loss="normalized",
+        fn,
+        y[None],
+        x0=starts[None],
+        restarts=r + c,
+        loss="normalized",
         optimizer=optax.adam(optax.cosine_decay_schedule(cfg["lr"], cfg["steps"])),
-        steps=cfg["steps"], bounds=(0.0, 1.0))
+        steps=cfg["steps"],
+        bounds=(0.0, 1.0),
+    )
     spec = jacobian_spectrum(fn, x_np)
     sigma_min = float(spec.singular_values[-1])
     spread = _spread(x_np, y, result, r, sigma_min)
@@ -226,14 +270,23 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
     matched = spread["residual_max"] <= RESIDUAL_BOUND
     differ = spread["distance_to_true_median"] > floor
     metrics = {
-        "config": {**cfg, "size": SIZE, "residual_bound": RESIDUAL_BOUND,
-                   "noise_factor": NOISE_FACTOR, "pixel_tol": PIXEL_TOL,
-                   "control_scale": CONTROL_SCALE},
+        "config": {
+            **cfg,
+            "size": SIZE,
+            "residual_bound": RESIDUAL_BOUND,
+            "noise_factor": NOISE_FACTOR,
+            "pixel_tol": PIXEL_TOL,
+            "control_scale": CONTROL_SCALE,
+        },
         "unet_test_dice": history["eval"][-1]["dice"],
-        "jacobian_at_true": {"rank": spec.rank, "nullity": spec.nullity, "n_in": spec.n_in,
-                             "condition_number": spec.condition_number,
-                             "sigma_max": float(spec.singular_values[0]),
-                             "sigma_min": sigma_min},
+        "jacobian_at_true": {
+            "rank": spec.rank,
+            "nullity": spec.nullity,
+            "n_in": spec.n_in,
+            "condition_number": spec.condition_number,
+            "sigma_max": float(spec.singular_values[0]),
+            "sigma_min": sigma_min,
+        },
         "output_norm": float(np.linalg.norm(y)),
         "input_norm": float(np.linalg.norm(x_np)),
         "spread": spread,
@@ -241,14 +294,21 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
         "differ_from_true_beyond_noise": differ,
         "differ_between_restarts_beyond_noise": spread["pairwise_distance_median"] > floor,
         "weights": _weight_stats(model),
-        "references": [reference(
-            "U-Net output cannot be inverted exactly", "cannot be inverted exactly",
-            {"max_residual": spread["residual_max"],
-             "median_distance_to_true": spread["distance_to_true_median"],
-             "median_pairwise_distance": spread["pairwise_distance_median"],
-             "control_noise": spread["control_noise"], "jacobian_nullity": spec.nullity,
-             "jacobian_condition_number": spec.condition_number},
-            matched and differ)],
+        "references": [
+            reference(
+                "U-Net output cannot be inverted exactly",
+                "cannot be inverted exactly",
+                {
+                    "max_residual": spread["residual_max"],
+                    "median_distance_to_true": spread["distance_to_true_median"],
+                    "median_pairwise_distance": spread["pairwise_distance_median"],
+                    "control_noise": spread["control_noise"],
+                    "jacobian_nullity": spec.nullity,
+                    "jacobian_condition_number": spec.condition_number,
+                },
+                matched and differ,
+            )
+        ],
     }
     write_metrics(directory, metrics)
     return metrics

@@ -141,10 +141,14 @@ def _invert_layers(model, x_true, *, steps, lr, seed):
     noise = np.random.default_rng(seed).normal(size=x_true.shape[1:])
     start = np.clip(0.5 + 0.1 * noise, 0.0, 1.0).astype(np.float32)
     result = invert_batch(
-        lambda x: jnp.concatenate([feats(x), jnp.zeros((n_lay,), x.dtype)]), targets,
+        lambda x: jnp.concatenate([feats(x), jnp.zeros((n_lay,), x.dtype)]),
+        targets,
         x0=np.broadcast_to(start, (n_img * n_lay, *start.shape)),
-        loss=selected_layer_loss(seg), optimizer=optax.adam(optax.cosine_decay_schedule(lr, steps)),
-        steps=steps, bounds=(0.0, 1.0))
+        loss=selected_layer_loss(seg),
+        optimizer=optax.adam(optax.cosine_decay_schedule(lr, steps)),
+        steps=steps,
+        bounds=(0.0, 1.0),
+    )
     x_hat = np.asarray(result.x).reshape(n_img, n_lay, *x_true.shape[1:])
     feat_err = np.asarray(result.loss).reshape(n_img, n_lay)  # the row's own objective
     per_layer = {}
@@ -195,16 +199,31 @@ def _jacobian_ranks(model, inputs):
             block = jac[seg == i]
             s = singular_values(block)
             spec = summarize_spectrum(s, n_in=n_in, n_out=block.shape[0])
-            eff = summarize_spectrum(s, n_in=n_in, n_out=block.shape[0],
-                                     tol=EFFECTIVE_RTOL * float(s[0]))
-            rows[name].append({"rank": spec.rank, "nullity": spec.nullity,
-                               "effective_rank": eff.rank, "condition_number":
-                               spec.condition_number, "n_in": n_in, "n_out": spec.n_out})
-    return {n: {"rank": min(r["rank"] for r in v), "nullity": max(r["nullity"] for r in v),
-                "effective_rank": min(r["effective_rank"] for r in v),
-                "condition_number": max(r["condition_number"] for r in v),
-                "n_in": n_in, "n_out": v[0]["n_out"], "per_image": v}
-            for n, v in rows.items()}
+            eff = summarize_spectrum(
+                s, n_in=n_in, n_out=block.shape[0], tol=EFFECTIVE_RTOL * float(s[0])
+            )
+            rows[name].append(
+                {
+                    "rank": spec.rank,
+                    "nullity": spec.nullity,
+                    "effective_rank": eff.rank,
+                    "condition_number": spec.condition_number,
+                    "n_in": n_in,
+                    "n_out": spec.n_out,
+                }
+            )
+    return {
+        n: {
+            "rank": min(r["rank"] for r in v),
+            "nullity": max(r["nullity"] for r in v),
+            "effective_rank": min(r["effective_rank"] for r in v),
+            "condition_number": max(r["condition_number"] for r in v),
+            "n_in": n_in,
+            "n_out": v[0]["n_out"],
+            "per_image": v,
+        }
+        for n, v in rows.items()
+    }
 
 
 def _order(results) -> list[str]:
@@ -227,8 +246,13 @@ def _plot_curves(path, results, keys, title):
             xs = [order.index(n) for n in layers]
             ax.plot(xs, [layers[n][key] for n in layers], style, label=variant.replace("_", " "))
         if key == "rank":
-            ax.axhline(results["skips"]["per_layer"]["enc1"]["n_in"], color="k", lw=0.8, ls=":",
-                       label="input dimension")
+            ax.axhline(
+                results["skips"]["per_layer"]["enc1"]["n_in"],
+                color="k",
+                lw=0.8,
+                ls=":",
+                label="input dimension",
+            )
         if log:
             ax.set_yscale("log")
         ax.set_xticks(range(len(order)), order, rotation=60, fontsize=8)
@@ -244,8 +268,9 @@ def _plot_grid(path, results, x_true, images):
 
     order = _order(results)
     rows = [(v, i) for v in VARIANTS for i in range(min(2, x_true.shape[0]))]
-    fig, axes = plt.subplots(len(rows), len(order) + 1,
-                             figsize=(1.25 * (len(order) + 1), 1.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(order) + 1, figsize=(1.25 * (len(order) + 1), 1.4 * len(rows)), squeeze=False
+    )
     for r, (variant, i) in enumerate(rows):
         axes[r, 0].imshow(x_true[i, ..., 0], cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_title("input" if r == 0 else "", fontsize=7)
@@ -254,8 +279,9 @@ def _plot_grid(path, results, x_true, images):
         for c, name in enumerate(order, start=1):
             ax = axes[r, c]
             if name in layers:
-                ax.imshow(images[variant][i, layers.index(name), ..., 0], cmap="gray", vmin=0,
-                          vmax=1)
+                ax.imshow(
+                    images[variant][i, layers.index(name), ..., 0], cmap="gray", vmin=0, vmax=1
+                )
                 psnr_i = results[variant]["per_layer"][name]["psnr_per_image"][i]
                 ax.set_xlabel(f"{float(psnr_i):.1f} dB", fontsize=6, labelpad=1)
             if r == 0:
@@ -277,9 +303,10 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
     for variant, skips in VARIANTS.items():
         model, test_set, history = trained_unet(skips=skips, quick=quick)
         lo = (test_set.images.shape[1] - SIZE) // 2
-        x_true = test_set.images[: cfg["images"], lo: lo + SIZE, lo: lo + SIZE]
+        x_true = test_set.images[: cfg["images"], lo : lo + SIZE, lo : lo + SIZE]
         names, per_layer, images[variant] = _invert_layers(
-            model, x_true, steps=cfg["steps"], lr=cfg["lr"], seed=0)
+            model, x_true, steps=cfg["steps"], lr=cfg["lr"], seed=0
+        )
         jac = _jacobian_ranks(model, x_true)
         for name in names:
             per_layer[name].update({k: v for k, v in jac[name].items() if k != "per_image"})
@@ -289,35 +316,60 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
             "test_dice": history["eval"][-1]["dice"],
             "per_layer": per_layer,
             "lossy": [n for n in names if per_layer[n]["nullity"] > 0],
-            "optimiser_limited": [n for n in names if per_layer[n]["nullity"] == 0
-                                  and per_layer[n]["relative_error"] > FAILED_ERROR],
+            "optimiser_limited": [
+                n
+                for n in names
+                if per_layer[n]["nullity"] == 0 and per_layer[n]["relative_error"] > FAILED_ERROR
+            ],
             "recovered": [n for n in names if per_layer[n]["relative_error"] <= FAILED_ERROR],
         }
-    _plot_curves(directory / "layerwise_error.png", results, [
-        ("feature_error", "normalised feature error", True),
-        ("relative_error", "image relative error", False),
-        ("psnr", "PSNR [dB]", False)], "reconstruction from each layer, with and without skips")
-    _plot_curves(directory / "layerwise_rank.png", results, [
-        ("rank", f"Jacobian rank ({SIZE}x{SIZE} input)", False),
-        ("effective_rank", f"rank at sigma > {EFFECTIVE_RTOL:g} sigma_1", False),
-        ("condition_number", "condition number", True)],
-        "local information of each layer about the input (dense Jacobian at x0)")
+    _plot_curves(
+        directory / "layerwise_error.png",
+        results,
+        [
+            ("feature_error", "normalised feature error", True),
+            ("relative_error", "image relative error", False),
+            ("psnr", "PSNR [dB]", False),
+        ],
+        "reconstruction from each layer, with and without skips",
+    )
+    _plot_curves(
+        directory / "layerwise_rank.png",
+        results,
+        [
+            ("rank", f"Jacobian rank ({SIZE}x{SIZE} input)", False),
+            ("effective_rank", f"rank at sigma > {EFFECTIVE_RTOL:g} sigma_1", False),
+            ("condition_number", "condition number", True),
+        ],
+        "local information of each layer about the input (dense Jacobian at x0)",
+    )
     _plot_grid(directory / "layerwise_reconstructions.png", results, np.asarray(x_true), images)
     out_skip, out_plain = (results[v]["per_layer"]["out"] for v in VARIANTS)
     metrics = {
-        "config": {**cfg, "size": SIZE, "failed_error": FAILED_ERROR,
-                   "effective_rtol": EFFECTIVE_RTOL},
+        "config": {
+            **cfg,
+            "size": SIZE,
+            "failed_error": FAILED_ERROR,
+            "effective_rtol": EFFECTIVE_RTOL,
+        },
         **results,
-        "references": [reference(
-            "U-Net output (with skips) loses input information (Jacobian nullity of out > 0)",
-            "cannot be inverted exactly",
-            {"out_nullity": out_skip["nullity"], "out_condition_number":
-             out_skip["condition_number"], "out_image_relative_error":
-             out_skip["relative_error"], "out_psnr": out_skip["psnr"],
-             "no_skips_out_nullity": out_plain["nullity"],
-             "lossy_layers": results["skips"]["lossy"],
-             "optimiser_limited_layers": results["skips"]["optimiser_limited"]},
-            out_skip["nullity"] > 0, source="seed study (measured: Jacobian rank at x0)")],
+        "references": [
+            reference(
+                "U-Net output (with skips) loses input information (Jacobian nullity of out > 0)",
+                "cannot be inverted exactly",
+                {
+                    "out_nullity": out_skip["nullity"],
+                    "out_condition_number": out_skip["condition_number"],
+                    "out_image_relative_error": out_skip["relative_error"],
+                    "out_psnr": out_skip["psnr"],
+                    "no_skips_out_nullity": out_plain["nullity"],
+                    "lossy_layers": results["skips"]["lossy"],
+                    "optimiser_limited_layers": results["skips"]["optimiser_limited"],
+                },
+                out_skip["nullity"] > 0,
+                source="seed study (measured: Jacobian rank at x0)",
+            )
+        ],
     }
     write_metrics(directory, metrics)
     return metrics
