@@ -60,6 +60,14 @@ def _check_window(x, window: int) -> None:
         raise ValueError(f"spatial size {h}×{w} is not divisible by the pooling window {window}")
 
 
+def _promote(x, kernel):
+    """Both operands in their promoted dtype (``jnp.result_type``), as the ``jnp`` paths do:
+    a float64 input to float32 weights is computed in float64 (``analysis.certify``), a
+    bfloat16 input to float32 weights in float32; ``lax`` convolutions need equal dtypes."""
+    dtype = jnp.result_type(x, kernel)
+    return x.astype(dtype), kernel.astype(dtype)
+
+
 def conv2d(
     x: Float[Array, "b h w ci"],
     kernel: Float[Array, "kh kw ci co"],
@@ -79,6 +87,7 @@ def conv2d(
     if stride == 1 and padding == "SAME" and kh % 2 and kw % 2 and (ci == 1 or co == 1):
         y = _conv_one_channel(x, kernel)
     else:
+        x, kernel = _promote(x, kernel)
         y = jax.lax.conv_general_dilated(
             x, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
         )
@@ -153,6 +162,7 @@ def conv_transpose2d(
         y = (x.reshape(b * h * w, ci) @ flipped).reshape(b, h, w, kh, kw, co)
         y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * stride, w * stride, co)
     else:
+        x, kernel = _promote(x, kernel)
         y = jax.lax.conv_transpose(
             x, kernel, (stride, stride), "SAME", dimension_numbers=_DIMENSIONS
         )

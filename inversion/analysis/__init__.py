@@ -7,10 +7,19 @@
 * :mod:`~inversion.analysis.pooling`: rank, switches and preimages of max / average pooling.
 * :mod:`~inversion.analysis.conv_spectrum`: singular values and pseudo-inverse of a
   multi-channel convolution through the FFT.
+* :mod:`~inversion.analysis.certificate`: :func:`certify`, the float64 local invertibility
+  certificate (exact nullity, nullity at working precision or any tolerance, sigma_min,
+  condition number, null space, input-error bound) that every rank statement comes from.
 * :mod:`~inversion.analysis.jacobian`: singular values, rank, nullity and log-volume of the
   Jacobian of any ``fn(x)`` (dense or matrix-free Lanczos).
 """
 
+from inversion.analysis.certificate import (
+    RTOL_8BIT,
+    Certificate,
+    certify,
+    certify_batch,
+)
 from inversion.analysis.conv_spectrum import (
     ConvSpectrum,
     circular_conv2d,
@@ -44,6 +53,10 @@ from inversion.analysis.relu_distance import (
 )
 
 __all__ = [
+    "RTOL_8BIT",
+    "Certificate",
+    "certify",
+    "certify_batch",
     "ConvSpectrum",
     "ErrorSplit",
     "JacobianSpectrum",
