@@ -9,11 +9,15 @@ restored bytes (a damaged file is a `CheckpointError` even where orbax would not
 
 `cached_train` keys a trained model by ``sha256(model config, TrainConfig, data fingerprints)``
 and stores it under ``$INVERSION_CACHE`` (default ``.cache/models``): the first call trains
-(resumably), later calls restore.
+(resumably), later calls restore. Processes that share a cache entry take turns: the whole
+check-train-write of one entry runs under an exclusive ``fcntl.flock`` on ``<entry>/.lock``, so
+a second process waits for the first and then restores its model; a process killed mid-write
+leaves a ``*.orbax-checkpoint-tmp`` folder that the next holder of the lock deletes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +31,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock (one process per cache entry)
+    fcntl = None
 
 if TYPE_CHECKING:
     from models.training import TrainConfig, TrainResult
@@ -44,6 +53,7 @@ __all__ = [
 ]
 
 _FORMAT = "inversion-lab-checkpoint/1"
+_META_KEYS = ("format", "manifest", "checksum", "metadata", "model")
 _CACHE_FORMAT = "inversion-lab-cache/1"
 DEFAULT_CACHE_DIR = ".cache/models"
 
@@ -164,6 +174,18 @@ def _read_meta(path: pathlib.Path, step: int) -> dict:
         ) from err
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise CheckpointError(f"{where} is not a checkpoint written by save_tree")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {where} is corrupted: its metadata lacks the keys {missing} "
+            f"(expected {list(_META_KEYS)})"
+        )
+    if not isinstance(meta["manifest"], list) or not isinstance(meta["checksum"], str):
+        raise CheckpointError(
+            f"checkpoint {where} is corrupted: expected a list 'manifest' and a str 'checksum' "
+            f"in its metadata, got {type(meta['manifest']).__name__} and "
+            f"{type(meta['checksum']).__name__}"
+        )
     return meta
 
 
@@ -192,7 +214,13 @@ def restore_tree(directory, template, *, step: int | None = None) -> tuple[Any, 
     meta = _read_meta(path, step)
     expected = _manifest(template)
     if meta["manifest"] != expected:
-        saved = {p: (s, d) for p, s, d in meta["manifest"]}
+        try:
+            saved = {p: (s, d) for p, s, d in meta["manifest"]}
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint {where} is corrupted: its manifest is not a list of "
+                f"[path, shape, dtype] ({err})"
+            ) from err
         wanted = {p: (s, d) for p, s, d in expected}
         diff = sorted(p for p in saved.keys() | wanted.keys() if saved.get(p) != wanted.get(p))
         raise CheckpointError(
@@ -300,9 +328,11 @@ def cached_train(
     ``$INVERSION_CACHE`` or ``.cache/models``). A hit restores the model and its history and
     returns ``from_cache=True``; a damaged entry is deleted and retrained with a warning;
     ``retrain=True`` ignores any entry. Training checkpoints inside the entry, so an
-    interrupted first call resumes where it stopped.
+    interrupted first call resumes where it stopped. Several processes may call it with the
+    same key at once: they hold the entry's lock in turn (the first trains, the others then
+    restore), and stale ``*.orbax-checkpoint-tmp`` folders are removed under the lock.
     """
-    from models.training import TrainConfig, TrainResult, train
+    from models.training import TrainConfig
 
     if not callable(build_model):
         raise TypeError(f"build_model must be a callable returning a model, got {build_model!r}")
@@ -311,23 +341,91 @@ def cached_train(
     root = pathlib.Path(cache_dir or os.environ.get("INVERSION_CACHE") or DEFAULT_CACHE_DIR)
     key = cache_key(model_config, config, train_data, eval_data)
     entry = root / key[:24]
+    with _entry_lock(entry):
+        return _cached_train_locked(
+            build_model,
+            model_config,
+            train_data,
+            key=key,
+            entry=entry,
+            config=config,
+            eval_data=eval_data,
+            retrain=retrain,
+            progress=progress,
+        )
+
+
+_LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: pathlib.Path):
+    """An exclusive ``flock`` on ``entry/.lock`` (blocking) for the duration of the block.
+
+    The lock file is never deleted (clearing an entry keeps it), so every process locks the same
+    inode; the kernel drops the lock when its holder exits, also when it is killed.
+    """
+    entry.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(entry / _LOCK_NAME, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _clear_entry(entry: pathlib.Path) -> None:
+    """Delete everything in a cache entry except its lock file (held by the caller)."""
+    for child in entry.iterdir():
+        if child.name == _LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _remove_stale_tmp(directory: pathlib.Path) -> None:
+    """Delete unfinished orbax saves (``<step>.orbax-checkpoint-tmp``) left by a killed writer.
+
+    Only called under the entry's lock, when no other process can be writing there.
+    """
+    if directory.is_dir():
+        for tmp in directory.glob(f"*{ocp.path.atomicity_types.TMP_DIR_SUFFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_train_locked(
+    build_model, model_config, train_data, *, key, entry, config, eval_data, retrain, progress
+):
+    from models.training import TrainResult, train
+
     model_dir = entry / "model"
     if retrain:
-        shutil.rmtree(entry, ignore_errors=True)
+        _clear_entry(entry)
     elif available_steps(model_dir):
         try:
             model = restore_model(model_dir, nnx.eval_shape(build_model))
-            history = load_metadata(model_dir)["history"]
-            return TrainResult(model, history, from_cache=True)
+            meta = load_metadata(model_dir)
+            if not isinstance(meta, dict) or not isinstance(meta.get("history"), dict):
+                raise CheckpointError(
+                    f"cache entry {model_dir.absolute()} is corrupted: expected a 'history' dict "
+                    f"in its metadata, got {meta!r:.200}"
+                )
+            return TrainResult(model, meta["history"], from_cache=True)
         except CheckpointError as err:
             warnings.warn(
                 f"discarding the damaged cache entry {entry}: {err}; retraining",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            shutil.rmtree(entry, ignore_errors=True)
+            _clear_entry(entry)
     shutil.rmtree(model_dir, ignore_errors=True)  # an unfinished or unlisted save, if any
     train_dir = entry / "train"
+    _remove_stale_tmp(train_dir)
     try:
         result = train(
             build_model(),
@@ -342,7 +440,7 @@ def cached_train(
             f"discarding the damaged training checkpoint {train_dir}: {err}; "
             "training from the start",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         shutil.rmtree(train_dir, ignore_errors=True)
         result = train(

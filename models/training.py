@@ -256,7 +256,17 @@ def _save(directory, state: TrainState, key, history: dict, config: TrainConfig)
 
 def _restore(directory, state: TrainState, key, config: TrainConfig):
     tree, meta = ckpt.restore_tree(directory, {**state._asdict(), "key": key})
-    saved = meta.get("config", {})
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("config"), dict)
+        or not isinstance(meta.get("history"), dict)
+        or not all(k in meta["history"] for k in ("step", "loss", "eval", "seconds"))
+    ):
+        raise ckpt.CheckpointError(
+            f"the training checkpoint in {directory} is corrupted: expected metadata with a "
+            f"'config' dict and a 'history' dict (step, loss, eval, seconds), got {meta!r:.200}"
+        )
+    saved = meta["config"]
     if saved != config.to_dict():
         diff = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
         raise ValueError(
