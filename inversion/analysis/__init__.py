@@ -15,10 +15,13 @@
 """
 
 from inversion.analysis.certificate import (
+    PRECISIONS,
     RTOL_8BIT,
     Certificate,
     certify,
     certify_batch,
+    nullities,
+    summarize,
 )
 from inversion.analysis.conv_spectrum import (
     ConvSpectrum,
@@ -53,10 +56,13 @@ from inversion.analysis.relu_distance import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "RTOL_8BIT",
     "Certificate",
     "certify",
     "certify_batch",
+    "nullities",
+    "summarize",
     "ConvSpectrum",
     "ErrorSplit",
     "JacobianSpectrum",

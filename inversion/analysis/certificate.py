@@ -105,7 +105,7 @@ def _count_small(s, rtol, n_in, n_out) -> int:
     return int(np.sum(s <= rtol * top)) + implied_zeros
 
 
-def _check(fn, x, rtol, method, k, dense_limit):
+def _check(fn, x, rtol, method, k, dense_limit, block):
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if method not in _METHODS:
@@ -125,40 +125,75 @@ def _check(fn, x, rtol, method, k, dense_limit):
         raise ValueError(f"k must be a positive integer or None, got {k!r}")
     if not isinstance(dense_limit, int | np.integer) or dense_limit < 1:
         raise ValueError(f"dense_limit must be a positive integer, got {dense_limit!r}")
+    if not isinstance(block, int | np.integer) or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}")
     return x
 
 
-def _linearize64(fn, x):
-    """``(y, jvp, vjp, jacobian_dtype)`` of ``fn`` at ``x`` cast to float64 (call under x64)."""
-    x64 = jnp.asarray(x, jnp.float64)
-    y, jvp = jax.linearize(fn, x64)
-    if not jnp.issubdtype(y.dtype, jnp.floating):
-        raise TypeError(f"fn must return a floating-point array, got dtype {y.dtype}")
-    if y.dtype != jnp.float64:
+def _output_dtype64(fn, x):
+    """Shape-dtype of ``fn`` at ``x`` cast to float64 (call under x64); warns when ``fn``
+    casts down internally, since its Jacobian is then only as accurate as that dtype."""
+    order = []  # a dict's own key order (eval_shape returns dicts with sorted keys)
+
+    def probe(z):
+        out = fn(z)
+        order.extend(out if isinstance(out, dict) else ())
+        return out
+
+    y = jax.eval_shape(probe, jax.ShapeDtypeStruct(np.shape(x), jnp.float64))
+    if isinstance(y, dict):
+        y = {name: y[name] for name in order}
+    leaves = jax.tree.leaves(y)
+    if not leaves or not all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves):
+        raise TypeError(f"fn must return floating-point arrays, got {y}")
+    low = sorted({str(leaf.dtype) for leaf in leaves if leaf.dtype != jnp.float64})
+    if low:
         warnings.warn(
-            f"fn returns {y.dtype} for a float64 input (it casts internally), so its Jacobian "
-            f"is only {y.dtype}-accurate; the exact nullity then refers to that precision",
+            f"fn returns {', '.join(low)} for a float64 input (it casts internally), so its "
+            f"Jacobian is only that accurate; the exact nullity then refers to that precision",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    vjp = jax.linear_transpose(jvp, x64)
-    return y, jvp, (lambda u: vjp(u)[0]), str(y.dtype)
+    return y, (low[0] if low else "float64")
 
 
-def _dense_jacobian64(jvp, vjp, x_shape, y_shape, block: int) -> np.ndarray:
-    """``J`` as an ``(m, n)`` float64 matrix, ``block`` columns (or rows) per compiled call."""
-    m, n = int(np.prod(y_shape)), int(np.prod(x_shape))
+def _jacobian_builder(fn, x_shape, block: int):
+    """``jac(x) -> (m, n)`` float64 NumPy Jacobian of ``fn`` at ``x`` (call under x64).
+
+    ``fn``'s outputs (an array or a pytree of arrays) are flattened and concatenated. Tall maps
+    (``m >= n``) are built ``block`` columns at a time from forward-mode products, wide maps
+    ``block`` rows at a time from reverse-mode products; one compiled function serves every
+    block and every ``x`` of the same shape."""
+
+    def flat(x):
+        return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(fn(x))])
+
+    m = int(jax.eval_shape(flat, jax.ShapeDtypeStruct(x_shape, jnp.float64)).size)
+    n = int(np.prod(x_shape))
     tall = m >= n
-    size, apply, shape = (n, jvp, x_shape) if tall else (m, vjp, y_shape)
-    batched = jax.jit(jax.vmap(lambda e: apply(e.reshape(shape)).ravel()))
-    parts = []
-    for start in range(0, size, block):
-        stop = min(start + block, size)
-        basis = np.zeros((block, size))
-        basis[np.arange(stop - start), np.arange(start, stop)] = 1.0
-        parts.append(np.asarray(batched(jnp.asarray(basis)))[: stop - start])
-    stacked = np.concatenate(parts)  # tall: rows are columns of J; wide: rows of J
-    return stacked.T if tall else stacked
+
+    def forward(x, basis):
+        return jax.vmap(lambda e: jax.jvp(flat, (x,), (e.reshape(x_shape),))[1])(basis)
+
+    def reverse(x, basis):
+        _, pullback = jax.vjp(flat, x)
+        return jax.vmap(lambda e: pullback(e)[0].ravel())(basis)
+
+    products = jax.jit(forward if tall else reverse)
+    size = n if tall else m
+
+    def jac(x):
+        x = jnp.asarray(x, jnp.float64)
+        parts = []
+        for start in range(0, size, block):
+            stop = min(start + block, size)
+            basis = np.zeros((min(block, size), size))
+            basis[np.arange(stop - start), np.arange(start, stop)] = 1.0
+            parts.append(np.asarray(products(x, jnp.asarray(basis)))[: stop - start])
+        stacked = np.concatenate(parts)  # tall: the columns of J; wide: its rows
+        return stacked.T if tall else stacked
+
+    return jac
 
 
 def _from_dense(jac, *, rtol, n_in, n_out, dtype, jacobian_dtype):
@@ -166,7 +201,7 @@ def _from_dense(jac, *, rtol, n_in, n_out, dtype, jacobian_dtype):
         raise ValueError("the Jacobian of fn at x is not finite (NaN or inf entries)")
     _, s, vt = np.linalg.svd(jac, full_matrices=True)
     s_full = np.zeros(n_in)
-    s_full[: s.size] = s  # sigma_i = 0 for i > m
+    s_full[: s.size] = s[:n_in]  # sigma_i = 0 for i > m
     small = s_full <= rtol * (s_full[0] if n_in else 0.0)
     null_space = vt[small].T  # (n, d): right singular vectors of the small sigma_i
     return _certificate(
@@ -190,8 +225,7 @@ def _certificate(
     sigma_min = float(s[n_in - 1]) if complete and s.size >= n_in else float(s[-1])
     if n_out < n_in:
         sigma_min = 0.0
-    with np.errstate(divide="ignore"):
-        cond = float(sigma_max / sigma_min) if sigma_min > 0 else float("inf")
+    cond = float(sigma_max / sigma_min) if sigma_min > 0 else float("inf")
     return Certificate(
         singular_values=s,
         sigma_max=sigma_max,
@@ -211,10 +245,11 @@ def _certificate(
     )
 
 
-def _lanczos(jvp, x_shape, y_shape, k, key, *, rtol, dtype, jacobian_dtype):
+def _lanczos(fn, x, k, key, *, rtol, dtype, jacobian_dtype):
     from matfree import decomp
 
-    m, n = int(np.prod(y_shape)), int(np.prod(x_shape))
+    x64 = jnp.asarray(x, jnp.float64)
+    m, n = int(jax.eval_shape(fn, x64).size), int(x64.size)
     if m < n:
         raise ValueError(
             f"method='lanczos' needs a tall or square Jacobian (m >= n) to bound "
@@ -223,9 +258,10 @@ def _lanczos(jvp, x_shape, y_shape, k, key, *, rtol, dtype, jacobian_dtype):
     k = min(n, 256) if k is None else k
     if k > n:
         raise ValueError(f"k must be <= n = {n} for method='lanczos', got {k}")
+    _, jvp = jax.linearize(fn, x64)
     v0 = jax.random.normal(jax.random.key(0) if key is None else key, (n,), jnp.float64)
     bidiag = decomp.bidiag(k, materialize=True, reortho="full")
-    result = jax.jit(lambda v: bidiag(lambda z: jvp(z.reshape(x_shape)).ravel(), v))(v0)
+    result = jax.jit(lambda v: bidiag(lambda z: jvp(z.reshape(x64.shape)).ravel(), v))(v0)
     (_, v_basis), b_small = result.Q_tall, np.asarray(result.J_small, np.float64)
     beta = float(np.linalg.norm(np.asarray(result.residual)))
     p, theta, qt = np.linalg.svd(b_small)
@@ -234,7 +270,6 @@ def _lanczos(jvp, x_shape, y_shape, k, key, *, rtol, dtype, jacobian_dtype):
     residuals = beta * np.abs(p[-1, :])  # ||J^T u_j - theta_j v_j|| for the Ritz triplets
     ritz_vectors = np.asarray(v_basis, np.float64).T @ qt.T  # (n, k) right Ritz vectors
     small = theta <= rtol * theta[0]
-    complete = k == n
     return _certificate(
         theta,
         residuals,
@@ -245,8 +280,62 @@ def _lanczos(jvp, x_shape, y_shape, k, key, *, rtol, dtype, jacobian_dtype):
         dtype=dtype,
         jacobian_dtype=jacobian_dtype,
         method="lanczos",
-        complete=complete,
+        complete=k == n,
     )
+
+
+def _default_rtol(m, n, dtype) -> float:
+    return max(m, n) * float(jnp.finfo(dtype).eps)
+
+
+def _certify_all(fn, xs, *, rtol, method, k, key, dense_limit, block):
+    """Certificates of ``fn`` at every ``x`` in ``xs`` (same-shape arrays); a dict per ``x``
+    when ``fn`` returns a dict (one certificate per entry, from one Jacobian)."""
+    dtype = str(xs[0].dtype)
+    n = int(np.prod(xs[0].shape))
+    with jax.enable_x64(True):
+        y, jacobian_dtype = _output_dtype64(fn, xs[0])
+        if isinstance(y, dict):
+            if method == "lanczos":
+                raise ValueError("method='lanczos' needs fn to return one array, got a dict")
+            names = list(y)
+            sizes = [int(np.prod(y[name].shape)) for name in names]
+            jac = _jacobian_builder(lambda x: [fn(x)[name] for name in names], xs[0].shape, block)
+            out = []
+            for x in xs:
+                blocks = np.split(jac(x), np.cumsum(sizes)[:-1])
+                out.append(
+                    {
+                        name: _from_dense(
+                            b,
+                            rtol=_default_rtol(b.shape[0], n, dtype) if rtol is None else rtol,
+                            n_in=n,
+                            n_out=b.shape[0],
+                            dtype=dtype,
+                            jacobian_dtype=jacobian_dtype,
+                        )
+                        for name, b in zip(names, blocks, strict=True)
+                    }
+                )
+            return out
+        if not isinstance(y, jax.ShapeDtypeStruct):
+            raise TypeError(f"fn must return an array or a dict of arrays, got {type(y)}")
+        m = int(np.prod(y.shape))
+        rtol = _default_rtol(m, n, dtype) if rtol is None else float(rtol)
+        if method == "auto":
+            method = "dense" if m * n <= dense_limit or m < n else "lanczos"
+        if method == "lanczos":
+            return [
+                _lanczos(fn, x, k, key, rtol=rtol, dtype=dtype, jacobian_dtype=jacobian_dtype)
+                for x in xs
+            ]
+        jac = _jacobian_builder(fn, xs[0].shape, block)
+        return [
+            _from_dense(
+                jac(x), rtol=rtol, n_in=n, n_out=m, dtype=dtype, jacobian_dtype=jacobian_dtype
+            )
+            for x in xs
+        ]
 
 
 def certify(
@@ -266,43 +355,85 @@ def certify(
     ``max(m, n) * eps`` of ``x``'s dtype). ``method``: ``'auto'``, ``'dense'`` or ``'lanczos'``
     (``k`` bidiagonalisation steps, default ``min(n, 256)``; ``key`` seeds its start vector).
     ``block``: Jacobian columns per compiled call of the dense method (bounds memory).
+    When ``fn`` returns a dict of arrays (e.g. a network's named intermediates), the result is
+    a dict with one certificate per entry, all from one Jacobian (dense method).
 
     >>> import jax.numpy as jnp
     >>> c = certify(lambda x: jnp.array([2.0, 1.0, 0.0]) * x, jnp.ones(3))
     >>> c.nullity, c.sigma_max, c.sigma_min
     (1, 2.0, 0.0)
     """
-    x = _check(fn, x, rtol, method, k, dense_limit)
-    if not isinstance(block, int | np.integer) or block < 1:
-        raise ValueError(f"block must be a positive integer, got {block!r}")
-    dtype = str(x.dtype)
-    with jax.enable_x64(True):
-        y, jvp, vjp, jacobian_dtype = _linearize64(fn, x)
-        m, n = int(y.size), int(x.size)
-        rtol = max(m, n) * float(jnp.finfo(x.dtype).eps) if rtol is None else float(rtol)
-        if method == "auto":
-            method = "dense" if m * n <= dense_limit or m < n else "lanczos"
-        if method == "dense":
-            jac = _dense_jacobian64(jvp, vjp, x.shape, y.shape, int(block))
-            return _from_dense(
-                jac, rtol=rtol, n_in=n, n_out=m, dtype=dtype, jacobian_dtype=jacobian_dtype
-            )
-        return _lanczos(
-            jvp, x.shape, y.shape, k, key, rtol=rtol, dtype=dtype, jacobian_dtype=jacobian_dtype
-        )
+    x = _check(fn, x, rtol, method, k, dense_limit, block)
+    return _certify_all(
+        fn, [x], rtol=rtol, method=method, k=k, key=key, dense_limit=dense_limit, block=block
+    )[0]
 
 
-def certify_batch(fn: Callable[[Array], Array], xs: Array, **options) -> list[Certificate]:
-    """:func:`certify` of ``fn`` at every row ``xs[i]`` of a leading axis (same options)."""
+def certify_batch(
+    fn: Callable[[Array], Array],
+    xs: Array,
+    *,
+    rtol: float | None = None,
+    method: str = "auto",
+    k: int | None = None,
+    key: Array | None = None,
+    dense_limit: int = 2**24,
+    block: int = 256,
+) -> list:
+    """:func:`certify` of ``fn`` at every row ``xs[i]`` of a leading axis (same options); the
+    dense Jacobian program compiles once for all rows."""
     shape = np.shape(xs)
     if len(shape) < 2 or shape[0] == 0:
         raise ValueError(f"xs must have a non-empty leading axis over inputs, got shape {shape}")
-    xs = _check(
-        fn,
-        xs,
-        options.get("rtol"),
-        options.get("method", "auto"),
-        options.get("k"),
-        options.get("dense_limit", 2**24),
+    xs = _check(fn, xs, rtol, method, k, dense_limit, block)
+    return _certify_all(
+        fn, list(xs), rtol=rtol, method=method, k=k, key=key, dense_limit=dense_limit, block=block
     )
-    return [certify(fn, xs[i], **options) for i in range(xs.shape[0])]
+
+
+#: The precisions every conclusion is stated at (:func:`nullities`): ``'exact'``, the float64
+#: rule ``max(m, n) eps_64``; ``'float32'``, ``max(m, n) eps_32``, below the rounding of a
+#: float32 forward pass; ``'8-bit'``, ``1/255``, below one grey level of 8-bit data.
+PRECISIONS = ("exact", "float32", "8-bit")
+
+
+def nullities(cert: Certificate) -> dict[str, int]:
+    """The certificate's nullity at each of :data:`PRECISIONS`."""
+    size = max(cert.n_in, cert.n_out)
+    return {
+        "exact": cert.nullity,
+        "float32": cert.nullity_at(size * float(np.finfo(np.float32).eps)),
+        "8-bit": cert.nullity_at(RTOL_8BIT),
+    }
+
+
+def summarize(certs) -> dict:
+    """What certificates of one map at several inputs say at each of :data:`PRECISIONS`.
+
+    Per precision: the nullity at each input, its maximum, and ``lossy_inputs``, the number of
+    inputs with nullity > 0 (inputs near which directions are lost at that precision); plus the
+    ranges of ``sigma_min`` and ``condition_number`` over the inputs."""
+    certs = list(certs)
+    if not certs or not all(isinstance(c, Certificate) for c in certs):
+        raise TypeError("certs must be a non-empty sequence of Certificate")
+    per = [nullities(c) for c in certs]
+    out = {
+        p: {
+            "nullity_per_input": [d[p] for d in per],
+            "max_nullity": max(d[p] for d in per),
+            "lossy_inputs": sum(d[p] > 0 for d in per),
+        }
+        for p in PRECISIONS
+    }
+    out.update(
+        inputs=len(certs),
+        n_in=certs[0].n_in,
+        n_out=certs[0].n_out,
+        sigma_min_range=[min(c.sigma_min for c in certs), max(c.sigma_min for c in certs)],
+        condition_number_range=[
+            min(c.condition_number for c in certs),
+            max(c.condition_number for c in certs),
+        ],
+        complete=all(c.complete for c in certs),
+    )
+    return out

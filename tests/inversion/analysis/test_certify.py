@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inversion.analysis import RTOL_8BIT, certify, certify_batch
+from inversion.analysis import PRECISIONS, RTOL_8BIT, certify, certify_batch, nullities, summarize
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = np.finfo(np.float32).eps
@@ -192,3 +192,36 @@ def test_bad_input_is_refused_before_any_work():
     cert = certify(fn, np.ones(2))
     with pytest.raises(ValueError, match="residual_norm"):
         cert.input_error_bound(-1.0)
+
+
+def test_dict_outputs_give_one_certificate_per_entry_from_one_jacobian():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(3, 5)), rng.normal(size=(9, 5))
+
+    def layers(x):
+        return {"wide": jnp.asarray(a) @ x, "tall": jnp.tanh(jnp.asarray(b) @ x)}
+
+    x = rng.normal(size=5).astype(np.float32)
+    both = certify(layers, x)
+    assert list(both) == ["wide", "tall"]
+    for name in both:
+        one = certify(lambda z, name=name: layers(z)[name], x)
+        # same float64 Jacobian entries (forward mode either way): equal to rounding
+        np.testing.assert_allclose(both[name].singular_values, one.singular_values, rtol=1e-14)
+        assert both[name].nullity == one.nullity and both[name].rtol == one.rtol
+    assert both["wide"].nullity == 2 and both["wide"].sigma_min == 0.0  # 5 inputs, 3 outputs
+
+
+def test_nullities_and_summary_at_three_precisions():
+    s = np.array([1.0, 1e-2, 1e-5, 1e-10, 0.0])  # 8-bit loses 3, float32 (5 eps) 2, exact 1
+    a = _matrix(np.random.default_rng(8), 5, 5, s)
+    b = _matrix(np.random.default_rng(9), 5, 5, np.ones(5))
+    certs = [certify(_linear(a), np.ones(5, np.float32)), certify(_linear(b), np.ones(5))]
+    assert nullities(certs[0]) == {"exact": 1, "float32": 2, "8-bit": 3}
+    summary = summarize(certs)
+    assert set(PRECISIONS) <= set(summary)
+    assert summary["exact"] == {"nullity_per_input": [1, 0], "max_nullity": 1, "lossy_inputs": 1}
+    assert summary["8-bit"]["nullity_per_input"] == [3, 0]
+    assert summary["condition_number_range"][0] == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(TypeError, match="certs must be"):
+        summarize([])
