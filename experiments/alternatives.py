@@ -1,6 +1,6 @@
 """Three ways back from a segmentation network's output to its input, on the same test scenes.
 
-Command:   python -m experiments.alternatives [--out results] [--quick] [--full]
+Command:   python -m experiments.alternatives [--out results] [--quick | --full] [--set k=v]
 Runtime:   2-core CPU (shared with other jobs while measured): default 7.5 min with the flow
            and the decoder trained from scratch (400 steps each; the seed U-Net was cached),
            quick (30 training steps, 4 scenes) 106 s in the test suite with a cold cache
@@ -41,6 +41,7 @@ invert exactly; learned inverses (decoders) and optimisation approximate".
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -50,6 +51,7 @@ from flax import nnx
 
 import models
 from experiments.common import (
+    TrainProfile,
     cli,
     experiment_dir,
     reference,
@@ -57,6 +59,7 @@ from experiments.common import (
     trained_seed_unet,
     write_metrics,
 )
+from experiments.config import ExperimentConfig, select_profile
 from inversion import invert_batch, metrics
 from models.decoder import Decoder
 from models.flows import Flow
@@ -66,22 +69,37 @@ EXACT = 1e-4  # an input relative error below this counts as exact (float32 roun
 APPROXIMATE = 1e-2  # above this, a method approximates
 
 
-def _profile(quick: bool, full: bool) -> dict:
-    if quick:
-        return dict(targets=4, steps=60, train_steps=30, n_train=128)
-    if full:
-        return dict(targets=64, steps=1000, train_steps=1000, n_train=2000)
-    return dict(targets=16, steps=400, train_steps=400, n_train=2000)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    targets: int = 16  # held-out test scenes reconstructed by every method
+    steps: int = 400  # Adam steps of the optimisation methods
+    train_steps: int = 400  # training steps of the flow and of the decoder
+    n_train: int = 2000  # training scenes of the flow and of the decoder
+    train_profile: TrainProfile = "default"  # training sizes of the seed U-Net
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 4 targets, 60 steps, flow and decoder trained 30 steps on 128 scenes (U-Net
+    trained quick); ``'default'``: 16, 400, 400 on 2,000; ``'full'``: 64, 1,000, 1,000 on 2,000."""
+    return select_profile(
+        profile,
+        quick=Config(targets=4, steps=60, train_steps=30, n_train=128, train_profile="quick"),
+        default=Config(),
+        full=Config(targets=64, steps=1000, train_steps=1000),
+    )
 
 
 def _train_config(steps: int, task: str) -> models.TrainConfig:
-    return models.TrainConfig(task=task, steps=steps, batch_size=32, learning_rate=5e-3,
-                              eval_every=steps)
+    return models.TrainConfig(
+        task=task, steps=steps, batch_size=32, learning_rate=5e-3, eval_every=steps
+    )
 
 
-def _decoder(unet, cfg):
+def _decoder(unet, cfg: Config):
     """The learned inverse of ``unet``'s output, trained on the training scenes."""
-    train_x = models.data.synthetic_scenes(jax.random.key(0), cfg["n_train"], size=32).images
+    train_x = models.data.synthetic_scenes(jax.random.key(0), cfg.n_train, size=32).images
     forward = _jitted(unet)
     pairs = (np.asarray(forward(train_x)), np.asarray(train_x))
     arch = dict(in_channels=1, out_channels=1, width=32, depth=3, upsample=0)
@@ -89,21 +107,21 @@ def _decoder(unet, cfg):
         lambda: Decoder(**arch, rngs=nnx.Rngs(params=0)),
         {"model": "decoder_of_seed_unet_out", "init_key": 0, **arch},
         pairs,
-        config=_train_config(cfg["train_steps"], "regression"),
+        config=_train_config(cfg.train_steps, "regression"),
         progress=False,
     ).model
 
 
-def _flow(cfg):
+def _flow(cfg: Config):
     """``(flow, history)``: an invertible network trained on the segmentation scenes."""
-    train_set = models.data.synthetic_scenes(jax.random.key(0), cfg["n_train"], size=32)
+    train_set = models.data.synthetic_scenes(jax.random.key(0), cfg.n_train, size=32)
     test_set = models.data.synthetic_scenes(jax.random.key(1), 128, size=32)
     arch = dict(channels=1, hidden=16, couplings=4)
     result = models.cached_train(
         lambda: Flow(**arch, rngs=nnx.Rngs(params=0)),
         {"model": "flow", "init_key": 0, **arch},
         train_set,
-        config=_train_config(cfg["train_steps"], "segmentation"),
+        config=_train_config(cfg.train_steps, "segmentation"),
         eval_data=test_set,
         progress=False,
     )
@@ -122,9 +140,17 @@ def _optimise(model, targets, steps):
     def fn(x):  # one (H, W, 1) image -> the model's (H, W, 1) output
         return apply_fn(params, x[None])[0]
 
-    return invert_batch(fn, targets, x_shape=targets.shape[1:], key=jax.random.key(7),
-                        init_scale=0.1, optimizer="adam", learning_rate=0.05, steps=steps,
-                        bounds=(0.0, 1.0)).x
+    return invert_batch(
+        fn,
+        targets,
+        x_shape=targets.shape[1:],
+        key=jax.random.key(7),
+        init_scale=0.1,
+        optimizer="adam",
+        learning_rate=0.05,
+        steps=steps,
+        bounds=(0.0, 1.0),
+    ).x
 
 
 def _scores(forward, x_hat, x_true, y) -> dict:
@@ -132,25 +158,28 @@ def _scores(forward, x_hat, x_true, y) -> dict:
     err = np.asarray(metrics.relative_error(x_hat, x_true, batched=True, reduce=False))
     psnr = np.asarray(metrics.psnr(jnp.clip(x_hat, 0, 1), x_true, batched=True, reduce=False))
     res = np.asarray(metrics.relative_error(forward(x_hat), y, batched=True, reduce=False))
-    return {"input_relative_error": float(np.median(err)), "input_psnr_db": float(np.median(psnr)),
-            "output_residual": float(np.median(res)), "per_target_input_error": err}
+    return {
+        "input_relative_error": float(np.median(err)),
+        "input_psnr_db": float(np.median(psnr)),
+        "output_residual": float(np.median(res)),
+        "per_target_input_error": err,
+    }
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
-    cfg = _profile(quick, full)
-    unet, test_set, unet_history = trained_seed_unet(quick=quick)
-    flow, flow_history = _flow(cfg)
-    decoder = _decoder(unet, cfg)
+    unet, test_set, unet_history = trained_seed_unet(train_profile=config.train_profile)
+    flow, flow_history = _flow(config)
+    decoder = _decoder(unet, config)
 
-    x_true = test_set.images[: cfg["targets"]]
+    x_true = test_set.images[: config.targets]
     unet_fwd, flow_fwd = _jitted(unet), _jitted(flow)
     y_unet, y_flow = unet_fwd(x_true), flow_fwd(x_true)
     recon = {
-        "optimisation (U-Net)": (unet_fwd, _optimise(unet, y_unet, cfg["steps"]), y_unet),
+        "optimisation (U-Net)": (unet_fwd, _optimise(unet, y_unet, config.steps), y_unet),
         "learned inverse (U-Net)": (unet_fwd, _jitted(decoder)(y_unet), y_unet),
         "flow inverse": (flow_fwd, _jitted(flow, "inverse")(y_flow), y_flow),
-        "optimisation (flow)": (flow_fwd, _optimise(flow, y_flow, cfg["steps"]), y_flow),
+        "optimisation (flow)": (flow_fwd, _optimise(flow, y_flow, config.steps), y_flow),
     }
     rows = {name: _scores(fwd, x_hat, x_true, y) for name, (fwd, x_hat, y) in recon.items()}
     rows["optimisation (U-Net)"]["forward_dice"] = unet_history["eval"][-1]["dice"]
@@ -163,19 +192,17 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
     dec_err = rows["learned inverse (U-Net)"]["input_relative_error"]
     opt_err = rows["optimisation (U-Net)"]["input_relative_error"]
     summary = {
-        "profile": cfg,
         "methods": rows,
         "references": [
             reference(
-                "invertible networks invert exactly; learned inverses and optimisation "
-                "approximate",
+                "invertible networks invert exactly; learned inverses and optimisation approximate",
                 f"flow input error < {EXACT:g}; decoder and optimisation > {APPROXIMATE:g}",
                 {"flow inverse": flow_err, "learned inverse": dec_err, "optimisation": opt_err},
                 flow_err < EXACT and dec_err > APPROXIMATE and opt_err > APPROXIMATE,
             ),
         ],
     }
-    write_metrics(folder, summary)
+    write_metrics(folder, summary, config)
     return summary
 
 
@@ -196,7 +223,7 @@ def _plot(folder, x_true, recon: dict, rows: dict, n: int = 4):
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Shared plumbing for experiment scripts: options, output folders, metrics, figures.
+"""Shared plumbing for experiment scripts: the CLI, output folders, metrics, figures.
 
-Every experiment module ``experiments/<name>.py`` defines
-
-* ``run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict`` that
-  writes its PNG figures and ``metrics.json`` into ``out / <name>`` and returns the
-  metrics dict, and
-* ``main(argv=None)`` = ``cli(__name__ ...)``, so ``python -m experiments.<name>`` works.
+Every experiment module ``experiments/<name>.py`` defines ``NAME``, a frozen dataclass
+``Config``, ``get_config(profile)`` and ``run(config, out) -> dict`` (see
+:mod:`experiments.config`); ``run`` writes its PNG figures and ``metrics.json`` (with
+:func:`write_metrics`) into ``out / NAME`` and returns the metrics dict, and
+``main(argv=None)`` = ``cli(run, get_config, NAME, __doc__, argv)``, so
+``python -m experiments.<name> [--out DIR] [--quick | --full] [--set field=value ...]`` works.
 
 The returned metrics may hold a ``"references"`` list built with :func:`reference`;
 ``python -m experiments reproduce`` puts those rows beside each other in the report.
@@ -19,9 +19,18 @@ import math
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from experiments.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_record,
+    describe_fields,
+    provenance,
+)
 
 DEFAULT_OUT = pathlib.Path("results")
 
@@ -45,10 +54,25 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_metrics(directory: pathlib.Path, metrics: dict) -> pathlib.Path:
-    """Write ``metrics`` (arrays converted to lists) to ``directory/metrics.json``."""
+def write_metrics(
+    directory: pathlib.Path, metrics: dict, config: ExperimentConfig | None = None
+) -> pathlib.Path:
+    """Write ``metrics`` (arrays converted to lists) to ``directory/metrics.json``.
+
+    Added to what is written (not to ``metrics`` itself): ``config``, the run's config with its
+    profile and overrides (:func:`experiments.config.config_record`), and ``provenance``:
+    package versions, git commit and dirtiness, backend and devices
+    (:func:`experiments.config.provenance`).
+    """
+    clash = {"config", "provenance"} & set(metrics)
+    if clash:
+        raise ValueError(f"metrics may not hold {sorted(clash)}: write_metrics records them")
+    record = dict(metrics)
+    if config is not None:
+        record["config"] = config_record(config)
+    record["provenance"] = provenance()
     path = pathlib.Path(directory) / "metrics.json"
-    path.write_text(json.dumps(_to_jsonable(metrics), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(_to_jsonable(record), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -74,53 +98,119 @@ def reference(
     }
 
 
-def cli(run: Callable[..., dict], name: str, doc: str | None, argv=None) -> dict:
-    """Parse ``--out/--quick/--full`` and call ``run``; print where results went."""
+def build_parser(name: str, doc: str | None, default: ExperimentConfig) -> argparse.ArgumentParser:
+    """The parser of ``python -m experiments.<name>``; its help lists the config fields."""
     parser = argparse.ArgumentParser(
         prog=f"python -m experiments.{name}",
         description=(doc or "").split("\n\n")[0],
+        epilog="config fields (default profile; change with --set field=value):\n"
+        + describe_fields(default),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default results/)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--full", action="store_true", help="the larger settings of the study")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    size.add_argument("--full", action="store_true", help="the larger settings (tens of minutes)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override config fields, e.g. --set steps=800 (tuples: 1,2,3)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    return parser
+
+
+def profile_of(args: argparse.Namespace) -> str:
+    """The profile chosen by ``--quick`` / ``--full`` (else ``'default'``)."""
+    return "quick" if args.quick else "full" if args.full else "default"
+
+
+def cli(
+    run: Callable[[ExperimentConfig, pathlib.Path], dict],
+    get_config: Callable[[str], ExperimentConfig],
+    name: str,
+    doc: str | None,
+    argv=None,
+) -> dict | None:
+    """Parse ``--out``, ``--quick | --full`` and ``--set``, then ``run(config, out)``.
+
+    An unknown field or a value that does not parse to its field's type exits with a usage
+    error naming the field. ``--print-config`` prints the config as JSON and returns None.
+    """
+    parser = build_parser(name, doc, get_config("default"))
     args = parser.parse_args(argv)
+    try:
+        config = apply_overrides(get_config(profile_of(args)), args.overrides, name=name)
+    except ConfigError as err:
+        parser.error(str(err))
+    if args.print_config:
+        print(json.dumps(_to_jsonable(config_record(config)), indent=2))
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     start = time.perf_counter()
-    metrics = run(pathlib.Path(args.out), quick=args.quick, full=args.full)
+    metrics = run(config, pathlib.Path(args.out))
     seconds = time.perf_counter() - start
-    print(f"{name}: wrote {experiment_dir(args.out, name)} in {seconds:.1f}s")
+    print(f"{name} ({config.profile}): wrote {experiment_dir(args.out, name)} in {seconds:.1f}s")
     return metrics
 
 
-def trained_seed_unet(*, quick: bool = False, size: int = 32, progress: bool = False,
-                      skips: bool = True):
+#: Training sizes of the shared seed U-Net per ``train_profile`` (they enter the cache key
+#: through the data and the ``TrainConfig``; changing them retrains every cached model).
+SEED_UNET_TRAINING = {
+    "quick": {"n_train": 256, "steps": 80},
+    "default": {"n_train": 2000, "steps": 400},
+}
+#: The values a config's ``train_profile`` field may take.
+TrainProfile = Literal["quick", "default"]
+
+
+def trained_seed_unet(
+    *,
+    train_profile: str = "default",
+    skips: bool = True,
+    size: int = 32,
+    progress: bool = False,
+):
     """The seed U-Net trained on synthetic segmentation scenes, from the model cache if present.
 
-    Returns ``(model, test_set, history)``. Default: 2,000 training scenes, 400 Adam steps
-    (quick: 256 scenes, 80 steps — still dice ≥ 0.9, the project's quality bar). The cache
-    (``$INVERSION_CACHE`` or ``.cache/models``) is keyed by model, training config and data, so
-    every experiment shares one training run. ``skips=False``: the same architecture, init key,
-    data and training without the skip connections (a ``models.UNet``).
+    Returns ``(model, test_set, history)``. ``train_profile='default'``: 2,000 training scenes,
+    400 Adam steps; ``'quick'``: 256 scenes, 80 steps — still dice >= 0.9, the project's quality
+    bar (:data:`SEED_UNET_TRAINING`; experiments pass their config's ``train_profile``). The
+    cache (``$INVERSION_CACHE`` or ``.cache/models``) is keyed by model, init key, training
+    config and data, so every experiment shares one training run. ``skips=False``: the same
+    architecture, init key, data and training without the skip connections (a ``models.UNet``).
     """
     import jax
     from flax import nnx
 
     import models
 
-    n_train, steps = (256, 80) if quick else (2000, 400)
-    train_set = models.data.synthetic_scenes(jax.random.key(0), n_train, size=size)
+    if train_profile not in SEED_UNET_TRAINING:
+        raise ValueError(
+            f"train_profile must be one of {sorted(SEED_UNET_TRAINING)}, got {train_profile!r}"
+        )
+    sizes = SEED_UNET_TRAINING[train_profile]
+    init_key = 0  # the weights' init key: part of the cache key (one seed for now)
+    train_set = models.data.synthetic_scenes(jax.random.key(0), sizes["n_train"], size=size)
     test_set = models.data.synthetic_scenes(jax.random.key(1), 128, size=size)
+    steps = sizes["steps"]
     config = models.TrainConfig(steps=steps, batch_size=32, learning_rate=5e-3, eval_every=steps)
     if skips:
-        build, key = (lambda: models.seed_unet(0)), {"model": "seed_unet", "init_key": 0,
-                                                     **models.SEED_UNET_CONFIG}
+        arch = dict(models.SEED_UNET_CONFIG)
+        build = lambda: models.seed_unet(init_key)  # noqa: E731
+        key = {"model": "seed_unet", "init_key": init_key, **arch}
     else:
         arch = {**models.SEED_UNET_CONFIG, "skips": False}
-        build, key = (lambda: models.UNet(**arch, rngs=nnx.Rngs(params=0))), {
-            "model": "unet", "init_key": 0, **arch}
+        build = lambda: models.UNet(**arch, rngs=nnx.Rngs(params=init_key))  # noqa: E731
+        key = {"model": "unet", "init_key": init_key, **arch}
     result = models.cached_train(
         build,
         key,

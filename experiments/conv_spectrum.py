@@ -1,6 +1,6 @@
 """Convolutions: singular values through the FFT, and why a transposed conv is not an inverse.
 
-Command:  python -m experiments.conv_spectrum [--out results] [--quick | --full]
+Command:  python -m experiments.conv_spectrum [--out results] [--quick | --full] [--set k=v ...]
 Runtime (2-core CPU): --quick ~15 s, default ~30 s, --full ~2 min.
 
 Expected result:
@@ -19,6 +19,7 @@ Expected result:
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
+from experiments.config import ExperimentConfig, select_profile
 from inversion.analysis.conv_spectrum import (
     circular_conv2d,
     circular_conv2d_pinv,
@@ -38,6 +40,24 @@ from models.layers import conv2d, conv_transpose2d
 
 NAME = "conv_spectrum"
 KERNELS = [(3, 3, 1, 16), (3, 3, 16, 8), (3, 3, 4, 4), (2, 2, 3, 5)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    n: int = 10  # side of the n x n grid of the FFT-vs-dense spectra (dense SVDs: (n^2 c)^2)
+    image_size: int = 32  # side of the camera image of the inverse comparison
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 6x6 spectra, 16x16 image; ``'default'``: 10, 32; ``'full'``: 16, 32."""
+    return select_profile(
+        profile,
+        quick=Config(n=6, image_size=16),
+        default=Config(),
+        full=Config(n=16, image_size=32),
+    )
 
 
 def _he(seed, shape):
@@ -84,8 +104,10 @@ def _inverse_errors(x, kernel):
     err, alpha = _scaled_error(adj, x)
     pinv = circular_conv2d_pinv(y, kernel)
     out["circular"] = {"transposed_rescaled": err, "alpha": alpha, "pinv": _rel(pinv, x)}
-    images = {"circular: transposed conv (rescaled)": alpha * np.asarray(adj),
-              "circular: pseudo-inverse": pinv}
+    images = {
+        "circular: transposed conv (rescaled)": alpha * np.asarray(adj),
+        "circular: pseudo-inverse": pinv,
+    }
     # zero padding ('SAME'): the dense Jacobian's pseudo-inverse
     same = lambda v: conv2d(v, kernel)  # noqa: E731
     J = dense_jacobian(same, x)
@@ -93,8 +115,11 @@ def _inverse_errors(x, kernel):
     adj = jax.linear_transpose(same, x)(y)[0]
     err, alpha = _scaled_error(adj, x)
     x_pinv = np.linalg.pinv(J) @ np.asarray(y, np.float64).ravel()
-    out["zero_padding"] = {"transposed_rescaled": err, "alpha": alpha,
-                           "pinv": _rel(x_pinv.reshape(x.shape).astype(np.float32), x)}
+    out["zero_padding"] = {
+        "transposed_rescaled": err,
+        "alpha": alpha,
+        "pinv": _rel(x_pinv.reshape(x.shape).astype(np.float32), x),
+    }
     # the U-Net case: 2x2/2 conv down, 2x2/2 transposed conv (models.layers) up, same kernel
     k2 = _he(7, (2, 2, x.shape[-1], 4 * x.shape[-1]))
     down = lambda v: conv2d(v, k2, stride=2, padding="VALID")  # noqa: E731
@@ -103,9 +128,12 @@ def _inverse_errors(x, kernel):
     adj = jax.linear_transpose(down, x)(y)[0]
     err, alpha = _scaled_error(up, x)
     x_pinv = np.linalg.pinv(dense_jacobian(down, x)) @ np.asarray(y, np.float64).ravel()
-    out["stride2_unet"] = {"transposed_rescaled": err, "alpha": alpha,
-                           "transposed_is_adjoint": float(np.max(np.abs(np.asarray(up) - np.asarray(adj)))),
-                           "pinv": _rel(x_pinv.reshape(x.shape).astype(np.float32), x)}
+    out["stride2_unet"] = {
+        "transposed_rescaled": err,
+        "alpha": alpha,
+        "transposed_is_adjoint": float(np.max(np.abs(np.asarray(up) - np.asarray(adj)))),
+        "pinv": _rel(x_pinv.reshape(x.shape).astype(np.float32), x),
+    }
     images["2x2/2 conv, then transposed conv (rescaled)"] = alpha * np.asarray(up)
     return out, images
 
@@ -115,10 +143,20 @@ def _figures(directory, n, spectra, x, images):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for (label, s), style in zip(spectra.items(), ("o", "-", "--"), strict=True):
-        ax.semilogy(np.arange(1, s.size + 1), np.maximum(s, 1e-12), style, label=label, lw=1,
-                    ms=4, mfc="none")
-    ax.set(xlabel="index", ylabel="singular value",
-           title=f"3x3 conv 1->16 on {n}x{n}: FFT (circular) vs dense Jacobians")
+        ax.semilogy(
+            np.arange(1, s.size + 1),
+            np.maximum(s, 1e-12),
+            style,
+            label=label,
+            lw=1,
+            ms=4,
+            mfc="none",
+        )
+    ax.set(
+        xlabel="index",
+        ylabel="singular value",
+        title=f"3x3 conv 1->16 on {n}x{n}: FFT (circular) vs dense Jacobians",
+    )
     ax.legend(fontsize=8)
     save_figure(fig, directory / "conv_singular_values.png")
 
@@ -132,14 +170,16 @@ def _figures(directory, n, spectra, x, images):
     save_figure(fig, directory / "conv_inverse.png")
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
-    n, size = (6, 16) if quick else ((16, 32) if full else (10, 32))
+    n, size = config.n, config.image_size
     agreement, summaries = {}, {}
     for seed, shape in enumerate(KERNELS):
         kernel = _he(seed, shape)
         fft = conv_singular_values(kernel, (n, n))
-        dense = conv_singular_values_dense(lambda v, k=kernel: _wrap_conv(v, k), (1, n, n, shape[2]))
+        dense = conv_singular_values_dense(
+            lambda v, k=kernel: _wrap_conv(v, k), (1, n, n, shape[2])
+        )
         name = "x".join(map(str, shape))
         agreement[name] = float(np.max(np.abs(fft - dense)))
         spec = conv_spectrum(kernel, (n, n))._asdict()
@@ -151,9 +191,11 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
     spectra = {
         "FFT, circular": conv_singular_values(seed_kernel, (n, n)),
         "dense, circular": conv_singular_values_dense(
-            lambda v: _wrap_conv(v, seed_kernel), (1, n, n, 1)),
+            lambda v: _wrap_conv(v, seed_kernel), (1, n, n, 1)
+        ),
         "dense, zero padding": conv_singular_values_dense(
-            lambda v: conv2d(v, seed_kernel), (1, n, n, 1)),
+            lambda v: conv2d(v, seed_kernel), (1, n, n, 1)
+        ),
     }
     x = jnp.asarray(_image(size))
     inverse, images = _inverse_errors(x, seed_kernel)
@@ -161,30 +203,37 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
 
     circ, up = inverse["circular"], inverse["stride2_unet"]
     metrics = {
-        "config": {"n": n, "image_size": size, "kernels": KERNELS},
+        "constants": {"kernels": KERNELS},
         "fft_vs_dense_max_abs_diff": agreement,
         "spectra": summaries,
         "zero_padding_operator_norm": float(spectra["dense, zero padding"][0]),
         "inverse": inverse,
         "references": [
-            reference("FFT singular values of a circular conv equal the dense SVD", "< 1e-4",
-                      max_diff, max_diff < 1e-4, source="Sedghi, Gupta & Long 2019"),
-            reference("transposed convolution does not invert a convolution",
-                      "transposed conv is not an inverse",
-                      f"relative error after best rescale: transposed conv "
-                      f"{circ['transposed_rescaled']:.3f} (3x3 1->16, circular), "
-                      f"{up['transposed_rescaled']:.3f} (2x2/2 up-conv); pseudo-inverse "
-                      f"{max(circ['pinv'], up['pinv']):.1e}",
-                      min(circ["transposed_rescaled"], up["transposed_rescaled"]) > 0.01
-                      and max(circ["pinv"], up["pinv"]) < 1e-3),
+            reference(
+                "FFT singular values of a circular conv equal the dense SVD",
+                "< 1e-4",
+                max_diff,
+                max_diff < 1e-4,
+                source="Sedghi, Gupta & Long 2019",
+            ),
+            reference(
+                "transposed convolution does not invert a convolution",
+                "transposed conv is not an inverse",
+                f"relative error after best rescale: transposed conv "
+                f"{circ['transposed_rescaled']:.3f} (3x3 1->16, circular), "
+                f"{up['transposed_rescaled']:.3f} (2x2/2 up-conv); pseudo-inverse "
+                f"{max(circ['pinv'], up['pinv']):.1e}",
+                min(circ["transposed_rescaled"], up["transposed_rescaled"]) > 0.01
+                and max(circ["pinv"], up["pinv"]) < 1e-3,
+            ),
         ],
     }
-    write_metrics(directory, metrics)
+    write_metrics(directory, metrics, config)
     return metrics
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The seed study's linear inversion: gradient descent on the input of a trained Dense(1).
 
-Command:   python -m experiments.linear_inversion [--out results] [--quick]
+Command:   python -m experiments.linear_inversion [--out results] [--quick | --full] [--set k=v]
 Runtime:   about 15 s on a 2-core CPU (quick: about 10 s).
+Profiles:  Dense(1) trained 3,000 Adam steps (full: 10,000); inversion 3,000 steps (quick 2,000,
+           full 10,000); the x-over-iterations path sampled at 24 step counts (quick 12,
+           full 48).
 Expected:  data x ~ U(0, 1000), y = 0.4·x − 50·U(0, 1); a Dense(1) trained with Adam (full
            batch) fits w ≈ 0.398, b ≈ −23.7 (the least-squares line). Inverting y0 = 100 by Adam
            on the input from x0 = 1 climbs and saturates at x0 ≈ 310.7 (seed study: ≈ 312 with
@@ -13,6 +16,7 @@ trajectory), the loss per step, and the data with the fitted line and the recove
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -22,11 +26,34 @@ from flax import nnx
 
 import models
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
+from experiments.config import ExperimentConfig, select_profile
 from inversion import closed_form, invert
 
 NAME = "linear_inversion"
 Y0, X_START = 100.0, 1.0
 SEED_X0 = 312.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    train_steps: int = 3000  # full-batch Adam steps fitting the Dense(1)
+    steps: int = 3000  # Adam steps on the input
+    lr: float = 1.0  # learning rate of the input's Adam
+    path_points: int = 24  # step counts (geometric) at which x is shown over iterations
+    seed: int = 0  # PRNG key of the data and of the Dense(1) init
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 2,000 inversion steps, 12 path points; ``'default'``: 3,000 and 24;
+    ``'full'``: the fit and the inversion 10,000 steps each, 48 path points."""
+    return select_profile(
+        profile,
+        quick=Config(steps=2000, path_points=12),
+        default=Config(),
+        full=Config(train_steps=10000, steps=10000, path_points=48),
+    )
 
 
 def fit_dense(*, steps: int, key: int = 0):
@@ -42,21 +69,21 @@ def fit_dense(*, steps: int, key: int = 0):
     return model, (x, y)
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
-    model, (x_data, y_data) = fit_dense(steps=3000)
+    model, (x_data, y_data) = fit_dense(steps=config.train_steps, key=config.seed)
     w, b = float(model.kernel[...][0, 0]), float(model.bias[...][0])
     design = np.c_[np.asarray(x_data), np.ones(len(x_data))]
     w_ls, b_ls = np.linalg.lstsq(design, np.asarray(y_data)[:, 0], rcond=None)[0]
 
-    steps = 2000 if quick else 3000
-    options = dict(x0=jnp.array([X_START]), optimizer="adam", learning_rate=1.0)
+    steps = config.steps
+    options = dict(x0=jnp.array([X_START]), optimizer="adam", learning_rate=config.lr)
     result = invert(model, jnp.array([Y0]), steps=steps, **options)
     x0 = float(result.x[0])
     exact = closed_form.affine_inverse(np.array([[w]]), np.array([b]), np.array([Y0]))
     x_closed = float(exact.x[0])
 
-    grid = np.unique(np.geomspace(1, steps, 12 if quick else 24).astype(int))
+    grid = np.unique(np.geomspace(1, steps, config.path_points).astype(int))
     path = [float(invert(model, jnp.array([Y0]), steps=int(s), **options).x[0]) for s in grid]
 
     import matplotlib.pyplot as plt
@@ -98,12 +125,12 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
             ),
         ],
     }
-    write_metrics(folder, metrics)
+    write_metrics(folder, metrics, config)
     return metrics
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Max pooling: what 2x2/2 pooling keeps, what it loses, and what switches add back.
 
-Command:  python -m experiments.pooling_loss [--out results] [--quick | --full]
+Command:  python -m experiments.pooling_loss [--out results] [--quick | --full] [--set k=v ...]
 Runtime (2-core CPU): --quick ~15 s, default ~30 s, --full ~1 min.
 
 Expected result:
@@ -18,6 +18,7 @@ Expected result:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
+from experiments.config import ExperimentConfig, select_profile
 from inversion.analysis.pooling import (
     avg_unpool,
     max_pool_with_switches,
@@ -39,6 +41,24 @@ from models.layers import avg_pool2d, max_pool2d
 NAME = "pooling_loss"
 RAMP = np.arange(1.0, 17.0, dtype=np.float32).reshape(1, 4, 4, 1)
 SEED_POOLED = [[6.0, 8.0], [14.0, 16.0]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    image_size: int = 64  # side of the block-averaged camera image
+    steps: int = 1000  # Adam steps of the gradient reconstructions
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 32x32 image, 200 steps; ``'default'``: 64, 1,000; ``'full'``: 128, 2,000."""
+    return select_profile(
+        profile,
+        quick=Config(image_size=32, steps=200),
+        default=Config(),
+        full=Config(image_size=128, steps=2000),
+    )
 
 
 def _image(size: int) -> np.ndarray:
@@ -75,8 +95,9 @@ def _reconstructions(x, *, steps, seed):
         r = np.asarray(rec, np.float64)
         rows[name] = {
             "relative_error": float(np.linalg.norm(r - xn) / norm),
-            "output_residual": float(np.linalg.norm(np.asarray(max_pool2d(rec)) - yn)
-                                     / np.linalg.norm(yn)),
+            "output_residual": float(
+                np.linalg.norm(np.asarray(max_pool2d(rec)) - yn) / np.linalg.norm(yn)
+            ),
             "optimiser_relative": float(np.linalg.norm(r - z) / norm),
             "network_relative": float(np.linalg.norm(z - xn) / norm),
         }
@@ -84,8 +105,9 @@ def _reconstructions(x, *, steps, seed):
     avg_rec = avg_unpool(avg_pool2d(x), window=2)
     rows["average pooling, pseudo-inverse"] = {
         "relative_error": float(np.linalg.norm(np.asarray(avg_rec, np.float64) - xn) / norm),
-        "output_residual": float(np.linalg.norm(np.asarray(avg_pool2d(avg_rec)) - avg_y)
-                                 / np.linalg.norm(avg_y)),
+        "output_residual": float(
+            np.linalg.norm(np.asarray(avg_pool2d(avg_rec)) - avg_y) / np.linalg.norm(avg_y)
+        ),
     }
     images = {name: np.asarray(r[0])[0, ..., 0] for name, r in recs.items()}
     images["average pooling, pseudo-inverse"] = np.asarray(avg_rec)[0, ..., 0]
@@ -102,57 +124,87 @@ def _figure(path, x, y, images, title):
         ax.imshow(im, cmap="viridis" if x.shape[1] <= 8 else "gray", vmin=vmin, vmax=vmax)
         if im.shape[0] <= 8:
             for (i, j), v in np.ndenumerate(im):
-                ax.text(j, i, f"{v:.0f}" if abs(v - round(v)) < 0.05 else f"{v:.1f}",
-                        ha="center", va="center", fontsize=7, color="w")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.0f}" if abs(v - round(v)) < 0.05 else f"{v:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w",
+                )
         ax.set_title(name, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
-    size, steps = (32, 200) if quick else ((128, 2000) if full else (64, 1000))
+    size, steps = config.image_size, config.steps
 
     pooled = np.asarray(max_pool2d(jnp.asarray(RAMP)))[0, ..., 0]
     ranks = {}
     for k, shape in [(2, (1, 4, 4, 1)), (2, (1, 8, 8, 3)), (3, (1, 6, 6, 2))]:
         x = RAMP if shape == RAMP.shape else np.random.default_rng(k).normal(size=shape)
         for kind, fn in (("max", max_pool2d), ("avg", avg_pool2d)):
-            loss = pooling_loss(lambda v, fn=fn, k=k: fn(v, k), jnp.asarray(x, jnp.float32), window=k)
+            loss = pooling_loss(
+                lambda v, fn=fn, k=k: fn(v, k), jnp.asarray(x, jnp.float32), window=k
+            )
             ranks[f"{kind} k={k} {'x'.join(map(str, shape[1:]))}"] = loss._asdict()
     ramp_loss = ranks["max k=2 4x4x1"]
 
     y_ramp, ramp_rows, ramp_images = _reconstructions(RAMP, steps=steps, seed=0)
-    _figure(directory / "pooling_ramp.png", RAMP, y_ramp, ramp_images,
-            "4x4 ramp through 2x2/2 max pooling: only the maxima survive")
+    _figure(
+        directory / "pooling_ramp.png",
+        RAMP,
+        y_ramp,
+        ramp_images,
+        "4x4 ramp through 2x2/2 max pooling: only the maxima survive",
+    )
     image = _image(size)
     y_img, image_rows, image_images = _reconstructions(image, steps=steps, seed=1)
-    _figure(directory / "pooling_image.png", image, y_img, image_images,
-            f"{size}x{size} image through 2x2/2 max pooling")
+    _figure(
+        directory / "pooling_image.png",
+        image,
+        y_img,
+        image_images,
+        f"{size}x{size} image through 2x2/2 max pooling",
+    )
 
     metrics = {
         "ramp_pooled": pooled,
         "jacobian": ranks,
-        "window_preimage": {"dimension": 3, "bounded": False, "switch_bits": math.log2(4),
-                            "free_reals_per_window": 3},
+        "window_preimage": {
+            "dimension": 3,
+            "bounded": False,
+            "switch_bits": math.log2(4),
+            "free_reals_per_window": 3,
+        },
         "ramp_reconstruction": ramp_rows,
         "image_reconstruction": image_rows,
-        "config": {"image_size": size, "steps": steps},
         "references": [
-            reference("2x2/2 max pooling of the 4x4 ramp 1..16", SEED_POOLED, pooled,
-                      bool(np.array_equal(pooled, SEED_POOLED))),
-            reference("values of the ramp lost by pooling", 12, ramp_loss["nullity"],
-                      ramp_loss["nullity"] == 12,
-                      source="seed study (Jacobian nullity, measured)"),
+            reference(
+                "2x2/2 max pooling of the 4x4 ramp 1..16",
+                SEED_POOLED,
+                pooled,
+                bool(np.array_equal(pooled, SEED_POOLED)),
+            ),
+            reference(
+                "values of the ramp lost by pooling",
+                12,
+                ramp_loss["nullity"],
+                ramp_loss["nullity"] == 12,
+                source="seed study (Jacobian nullity, measured)",
+            ),
         ],
     }
-    write_metrics(directory, metrics)
+    write_metrics(directory, metrics, config)
     return metrics
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Preimage spread: do random restarts that reproduce ONE U-Net output end at different inputs?
 
-Command:  python -m experiments.preimage_spread [--out results] [--quick]   (--full = default)
+Command:  python -m experiments.preimage_spread [--out results] [--quick | --full] [--set k=v ...]
 Runtime (2-core CPU, measured on a machine shared with other jobs, seed U-Net cached):
---quick 25-35 s, default ~2.5-3 min (12,000 steps x 20 rows). A cold cache adds the training of
-the seed U-Net (quick ~20 s, default ~70 s).
+--quick 25-35 s, default ~2.5-3 min (12,000 steps x 20 rows), --full (24,000 steps x 56 rows,
+not yet measured: expect ~15 min). A cold cache adds the training of the seed U-Net (quick
+~20 s, default and full ~70 s).
 
 Method. ``x0`` is the centre 16x16 crop of a test scene, ``y = f(x0)`` the trained seed U-Net's
 output (logits; the U-Net is fully convolutional). ``R`` restarts from uniform random images
@@ -12,7 +13,8 @@ explicit seed) solve, in one engine call,
 
     x_k = argmin_{x in [0,1]^n} ||f(x) - y||^2 / ||y||^2      (Adam, cosine-decayed rate)
 
-(quick: R = 4, C = 2, 3,000 steps, peak rate 0.03; default: R = 16, C = 4, 12,000 steps, 0.02).
+(quick: R = 4, C = 2, 3,000 steps, peak rate 0.03; default: R = 16, C = 4, 12,000 steps, 0.02;
+full: R = 48, C = 8, 24,000 steps, 0.02).
 Reported: output residuals ``r_k = ||f(x_k) - y|| / ||y||``; distances ``||x_k - x0|| / ||x0||``
 and between restarts (same normalisation); the fraction of pixels that differ by more than
 ``PIXEL_TOL`` = 0.02 from ``x0`` and across restarts (max - min); and two measures of
@@ -41,6 +43,7 @@ sense. The quick profile (U-Net trained 80 steps, 3,000 inversion steps) stops a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 
@@ -49,6 +52,7 @@ import optax
 
 import models
 from experiments.common import (
+    TrainProfile,
     cli,
     experiment_dir,
     reference,
@@ -56,6 +60,7 @@ from experiments.common import (
     trained_seed_unet,
     write_metrics,
 )
+from experiments.config import ExperimentConfig, select_profile
 from inversion.analysis.jacobian import jacobian_spectrum
 from inversion.engine import invert_batch
 
@@ -67,10 +72,28 @@ PIXEL_TOL = 0.02  # a pixel "differs" when it is off by more than this (~5/255)
 CONTROL_SCALE = 0.01  # control runs start at x0 + CONTROL_SCALE * N(0, I)
 
 
-def _profile(quick: bool) -> dict:
-    if quick:
-        return dict(restarts=4, controls=2, steps=3000, lr=0.03, image=0, seed=0)
-    return dict(restarts=16, controls=4, steps=12000, lr=0.02, image=0, seed=0)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    restarts: int = 16  # R: starts drawn from U(0, 1)^n
+    controls: int = 4  # C: starts clip(x0 + CONTROL_SCALE N(0, I))
+    steps: int = 12000  # Adam steps of every run
+    lr: float = 0.02  # peak of the cosine-decayed learning rate
+    image: int = 0  # index of the test scene whose centre crop is x0
+    seed: int = 0  # numpy seed of the starts
+    train_profile: TrainProfile = "default"  # training sizes of the seed U-Net
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: R = 4, C = 2, 3,000 steps at 0.03 (U-Net trained quick); ``'default'``:
+    16, 4, 12,000 at 0.02; ``'full'``: 48, 8, 24,000 at 0.02."""
+    return select_profile(
+        profile,
+        quick=Config(restarts=4, controls=2, steps=3000, lr=0.03, train_profile="quick"),
+        default=Config(),
+        full=Config(restarts=48, controls=8, steps=24000),
+    )
 
 
 def _pairwise(xs: np.ndarray) -> np.ndarray:
@@ -228,20 +251,19 @@ def _plot_weights(path, model):
     save_figure(fig, path)
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
-    cfg = _profile(quick)
-    model, test_set, history = trained_seed_unet(quick=quick)
+    model, test_set, history = trained_seed_unet(train_profile=config.train_profile)
     apply_fn, params = models.split(model)
 
     def fn(x):  # one (H, W, 1) image -> its (H, W, 1) logits
         return apply_fn(params, x[None])[0]
 
     lo = (test_set.images.shape[1] - SIZE) // 2
-    x_true = test_set.images[cfg["image"], lo : lo + SIZE, lo : lo + SIZE]
+    x_true = test_set.images[config.image, lo : lo + SIZE, lo : lo + SIZE]
     y = np.asarray(fn(x_true))
-    r, c = cfg["restarts"], cfg["controls"]
-    rng = np.random.default_rng(cfg["seed"])
+    r, c = config.restarts, config.controls
+    rng = np.random.default_rng(config.seed)
     x_np = np.asarray(x_true)
     starts = np.concatenate(
         [  # host arrays: see the note on committed arrays in the report
@@ -255,8 +277,8 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
         x0=starts[None],
         restarts=r + c,
         loss="normalized",
-        optimizer=optax.adam(optax.cosine_decay_schedule(cfg["lr"], cfg["steps"])),
-        steps=cfg["steps"],
+        optimizer=optax.adam(optax.cosine_decay_schedule(config.lr, config.steps)),
+        steps=config.steps,
         bounds=(0.0, 1.0),
     )
     spec = jacobian_spectrum(fn, x_np)
@@ -270,8 +292,7 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
     matched = spread["residual_max"] <= RESIDUAL_BOUND
     differ = spread["distance_to_true_median"] > floor
     metrics = {
-        "config": {
-            **cfg,
+        "constants": {
             "size": SIZE,
             "residual_bound": RESIDUAL_BOUND,
             "noise_factor": NOISE_FACTOR,
@@ -310,12 +331,12 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
             )
         ],
     }
-    write_metrics(directory, metrics)
+    write_metrics(directory, metrics, config)
     return metrics
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Inverting a single sigmoid unit: reachable targets converge, unreachable ones saturate.
 
-Command:   python -m experiments.sigmoid_inversion [--out results] [--quick]
+Command:   python -m experiments.sigmoid_inversion [--out results] [--quick | --full] [--set k=v]
 Runtime:   about 15 s on a 2-core CPU (quick: about 10 s).
+Profiles:  the unit trained 3,000 Adam steps (quick 1,000, full 10,000); inversion 5,000 steps
+           (quick 2,000, full 20,000).
 Expected:  a sigmoid unit y = σ(w·u + b), u = x/1000, trained with Adam on x ~ U(0, 1000),
            y = σ((x − 500)/100) + N(0, 0.02²). Gradient descent on the input from x = 1
            reaches the closed form x = 1000·(logit(y0) − b)/w for y0 ∈ {0.1, 0.5, 0.9}
@@ -13,6 +15,7 @@ Expected:  a sigmoid unit y = σ(w·u + b), u = x/1000, trained with Adam on x ~
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -22,11 +25,34 @@ from flax import nnx
 
 import models
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
+from experiments.config import ExperimentConfig, select_profile
 from inversion import closed_form, invert_batch
 
 NAME = "sigmoid_inversion"
 TARGETS = (0.1, 0.5, 0.9, 0.999, 1.2)
 SCALE = 1000.0  # the unit sees u = x / SCALE
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    train_steps: int = 3000  # full-batch Adam steps fitting the unit
+    steps: int = 5000  # Adam steps on the inputs (at most: a row stops when converged)
+    lr: float = 2.0  # learning rate of the inputs' Adam
+    tol: float = 1e-10  # convergence tolerance of the inversion
+    seed: int = 0  # PRNG key of the data and of the unit's init
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 1,000 training and 2,000 inversion steps; ``'default'``: 3,000 and 5,000;
+    ``'full'``: 10,000 and 20,000."""
+    return select_profile(
+        profile,
+        quick=Config(train_steps=1000, steps=2000),
+        default=Config(),
+        full=Config(train_steps=10000, steps=20000),
+    )
 
 
 def fit_sigmoid_unit(*, steps: int, key: int = 0):
@@ -43,23 +69,22 @@ def fit_sigmoid_unit(*, steps: int, key: int = 0):
     return model, float(dense.kernel[...][0, 0]), float(dense.bias[...][0]), (x, y)
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
-    model, w, b, (x_data, y_data) = fit_sigmoid_unit(steps=1000 if quick else 3000)
+    model, w, b, (x_data, y_data) = fit_sigmoid_unit(steps=config.train_steps, key=config.seed)
 
     def unit(x):  # input in the data's units
         return model(x / SCALE)
 
-    steps = 2000 if quick else 5000
     targets = jnp.asarray(TARGETS)[:, None]
     result = invert_batch(
         unit,
         targets,
         x0=jnp.ones((len(TARGETS), 1)),
         optimizer="adam",
-        learning_rate=2.0,
-        steps=steps,
-        tol=1e-10,
+        learning_rate=config.lr,
+        steps=config.steps,
+        tol=config.tol,
     )
     rows = []
     for i, y0 in enumerate(TARGETS):
@@ -121,7 +146,7 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
             ),
         ],
     }
-    write_metrics(folder, metrics)
+    write_metrics(folder, metrics, config)
     return metrics
 
 
@@ -132,7 +157,7 @@ def _figure():
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

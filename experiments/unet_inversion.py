@@ -1,6 +1,6 @@
 """Invert many outputs of the trained seed U-Net, each from several random starts.
 
-Command:   python -m experiments.unet_inversion [--out results] [--quick] [--full]
+Command:   python -m experiments.unet_inversion [--out results] [--quick | --full] [--set k=v]
 Runtime:   about 1 min on a 2-core CPU (quick: about 15 s, after the shared U-Net is trained
            and cached; training it first costs about 40 s, quick about 20 s).
 Expected:  after 400 Adam steps the outputs match to a few percent (quick, 150 steps: median
@@ -19,6 +19,7 @@ failure.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 
@@ -28,6 +29,7 @@ import numpy as np
 
 import models
 from experiments.common import (
+    TrainProfile,
     cli,
     experiment_dir,
     reference,
@@ -35,43 +37,59 @@ from experiments.common import (
     trained_seed_unet,
     write_metrics,
 )
+from experiments.config import ExperimentConfig, select_profile
 from inversion import invert_batch, metrics
 
 NAME = "unet_inversion"
 
 
-def _profile(quick: bool, full: bool) -> dict:
-    if quick:
-        return dict(targets=4, restarts=2, steps=150)
-    if full:
-        return dict(targets=64, restarts=8, steps=1000)
-    return dict(targets=16, restarts=4, steps=400)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    targets: int = 16  # test scenes whose outputs are inverted
+    restarts: int = 4  # random starts per output
+    steps: int = 400  # Adam steps
+    lr: float = 0.05  # Adam learning rate
+    init_scale: float = 0.1  # starts: init_scale * N(0, I)
+    seed: int = 7  # PRNG key of the starts
+    train_profile: TrainProfile = "default"  # training sizes of the seed U-Net
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 4 targets x 2 restarts, 150 steps (U-Net trained quick); ``'default'``:
+    16 x 4, 400; ``'full'``: 64 x 8, 1,000."""
+    return select_profile(
+        profile,
+        quick=Config(targets=4, restarts=2, steps=150, train_profile="quick"),
+        default=Config(),
+        full=Config(targets=64, restarts=8, steps=1000),
+    )
+
+
+def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
-    cfg = _profile(quick, full)
-    model, test_set, history = trained_seed_unet(quick=quick)
+    model, test_set, history = trained_seed_unet(train_profile=config.train_profile)
     apply_fn, params = models.split(model)
 
     def fn(x):  # one (H, W, 1) image -> its (H, W, 1) logits
         return apply_fn(params, x[None])[0]
 
-    x_true = test_set.images[: cfg["targets"]]
+    x_true = test_set.images[: config.targets]
     targets = jax.vmap(fn)(x_true)
     result = invert_batch(
         fn,
         targets,
         x_shape=x_true.shape[1:],
-        key=jax.random.key(7),
-        restarts=cfg["restarts"],
-        init_scale=0.1,
+        key=jax.random.key(config.seed),
+        restarts=config.restarts,
+        init_scale=config.init_scale,
         optimizer="adam",
-        learning_rate=0.05,
-        steps=cfg["steps"],
+        learning_rate=config.lr,
+        steps=config.steps,
         bounds=(0.0, 1.0),
     )
-    n, r = cfg["targets"], cfg["restarts"]
+    n, r = config.targets, config.restarts
     x_rec = result.x  # (N, R, H, W, 1)
     flat_true = jnp.repeat(x_true, r, axis=0)
     input_error = np.asarray(
@@ -103,7 +121,6 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
 
     output_matched = float(np.median(residual))
     summary = {
-        "profile": cfg,
         "unet_test_dice": history["eval"][-1]["dice"],
         "median_output_residual": output_matched,
         "median_input_relative_error": float(np.median(input_error)),
@@ -134,7 +151,7 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
             summary["median_restart_spread"] > 0.05,
         ),
     ]
-    write_metrics(folder, summary)
+    write_metrics(folder, summary, config)
     return summary
 
 
@@ -170,7 +187,7 @@ def _plot_grid(folder, x_true, targets, x_rec, fn, rows: int = 4):
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

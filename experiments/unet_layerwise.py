@@ -1,9 +1,10 @@
 """U-Net layer by layer: how well does each intermediate activation determine the input?
 
-Command:  python -m experiments.unet_layerwise [--out results] [--quick]   (--full = default)
+Command:  python -m experiments.unet_layerwise [--out results] [--quick | --full] [--set k=v ...]
 Runtime (2-core CPU, measured on a machine shared with other jobs, both U-Nets cached):
---quick 30-55 s, default 2-2.5 min. A cold cache adds the training of the two U-Nets
-(quick ~20 s each, default ~70 s each).
+--quick 30-55 s, default 2-2.5 min, --full (12 images x 2,000 steps, not yet measured: expect
+~15 min). A cold cache adds the training of the two U-Nets (quick ~20 s each, default and
+full ~70 s each).
 
 Method (Mahendran & Vedaldi 2015). Inputs ``x0`` are the centre 16x16 crops of test scenes
 (the U-Nets are fully convolutional; input dimension n = 256, so dense Jacobians are cheap and
@@ -15,11 +16,11 @@ of the same U-Net trained without skip connections (same data, steps and init ke
     x_hat = argmin_{x in [0,1]^n}  ||Phi_l(x) - Phi_l(x0)||^2 / ||Phi_l(x0)||^2
 
 (Adam, cosine-decayed learning rate 0.05; one start ``clip(0.5 + 0.1 N(0, I))`` shared by all
-rows; quick 2 images x 200 steps, default 6 images x 600 steps). All (image, layer) pairs run
-as ONE batched engine call: ``fn`` maps ``x`` to all activations concatenated, and the loss is
-the normalised loss restricted to the row's layer (a one-hot layer selector is appended to each
-target). A row's objective is exactly that of inverting ``Phi_l`` alone, but the step compiles
-once instead of once per layer.
+rows; quick 2 images x 200 steps, default 6 images x 600 steps, full 12 images x 2,000
+steps). All (image, layer) pairs run as ONE batched engine call: ``fn`` maps ``x`` to all
+activations concatenated, and the loss is the normalised loss restricted to the row's layer (a
+one-hot layer selector is appended to each target). A row's objective is exactly that of
+inverting ``Phi_l`` alone, but the step compiles once instead of once per layer.
 
 Reported per layer (means over images; PSNR: median, since exact recoveries give ~150 dB): the
 normalised feature error, the image relative error ``||x_hat - x0|| / ||x0||`` and PSNR, and the
@@ -50,6 +51,7 @@ Expected result (measured, default profile; quick gives the same classes):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -60,6 +62,7 @@ from flax import nnx
 
 import models
 from experiments.common import (
+    TrainProfile,
     cli,
     experiment_dir,
     reference,
@@ -67,6 +70,7 @@ from experiments.common import (
     trained_seed_unet,
     write_metrics,
 )
+from experiments.config import ExperimentConfig, select_profile
 from inversion.analysis.jacobian import summarize_spectrum
 from inversion.engine import invert_batch
 from inversion.metrics import psnr, relative_error
@@ -78,16 +82,32 @@ EFFECTIVE_RTOL = 1e-3  # "effective rank": singular values above this fraction o
 VARIANTS = {"skips": True, "no_skips": False}
 
 
-def _profile(quick: bool) -> dict:
-    if quick:
-        return dict(images=2, steps=200, lr=0.05)
-    return dict(images=6, steps=600, lr=0.05)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    images: int = 6  # test scenes (centre crops) inverted from every layer
+    steps: int = 600  # Adam steps per reconstruction
+    lr: float = 0.05  # peak of the cosine-decayed learning rate
+    seed: int = 0  # numpy seed of the shared start clip(0.5 + 0.1 N(0, I))
+    train_profile: TrainProfile = "default"  # training sizes of the two U-Nets
 
 
-def trained_unet(*, skips: bool, quick: bool):
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 2 images x 200 steps (U-Nets trained quick); ``'default'``: 6 x 600;
+    ``'full'``: 12 x 2,000."""
+    return select_profile(
+        profile,
+        quick=Config(images=2, steps=200, train_profile="quick"),
+        default=Config(),
+        full=Config(images=12, steps=2000),
+    )
+
+
+def trained_unet(*, skips: bool, train_profile: str = "default"):
     """``(model, test_set, history)``: the seed U-Net (``skips=True``, shared with every
     experiment) or the same architecture without skips, trained the same way and cached."""
-    return trained_seed_unet(quick=quick, skips=skips)
+    return trained_seed_unet(train_profile=train_profile, skips=skips)
 
 
 def stacked_features(model):
@@ -295,17 +315,16 @@ def _plot_grid(path, results, x_true, images):
     save_figure(fig, path)
 
 
-def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
+def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
-    cfg = _profile(quick)
     results, images = {}, {}
     x_true = None
     for variant, skips in VARIANTS.items():
-        model, test_set, history = trained_unet(skips=skips, quick=quick)
+        model, test_set, history = trained_unet(skips=skips, train_profile=config.train_profile)
         lo = (test_set.images.shape[1] - SIZE) // 2
-        x_true = test_set.images[: cfg["images"], lo : lo + SIZE, lo : lo + SIZE]
+        x_true = test_set.images[: config.images, lo : lo + SIZE, lo : lo + SIZE]
         names, per_layer, images[variant] = _invert_layers(
-            model, x_true, steps=cfg["steps"], lr=cfg["lr"], seed=0
+            model, x_true, steps=config.steps, lr=config.lr, seed=config.seed
         )
         jac = _jacobian_ranks(model, x_true)
         for name in names:
@@ -346,8 +365,7 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
     _plot_grid(directory / "layerwise_reconstructions.png", results, np.asarray(x_true), images)
     out_skip, out_plain = (results[v]["per_layer"]["out"] for v in VARIANTS)
     metrics = {
-        "config": {
-            **cfg,
+        "constants": {
             "size": SIZE,
             "failed_error": FAILED_ERROR,
             "effective_rtol": EFFECTIVE_RTOL,
@@ -371,12 +389,12 @@ def run(out: pathlib.Path, *, quick: bool = False, full: bool = False) -> dict:
             )
         ],
     }
-    write_metrics(directory, metrics)
+    write_metrics(directory, metrics, config)
     return metrics
 
 
 def main(argv=None):
-    return cli(run, NAME, __doc__, argv)
+    return cli(run, get_config, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,14 @@ def _load(directory):
 def test_alternatives_quick(tmp_path):
     from experiments import alternatives
 
-    summary = alternatives.run(tmp_path, quick=True)
+    summary = alternatives.run(alternatives.get_config("quick"), tmp_path)
     rows = _load(tmp_path / "alternatives")["methods"]
-    assert set(rows) == {"optimisation (U-Net)", "learned inverse (U-Net)", "flow inverse",
-                         "optimisation (flow)"}
+    assert set(rows) == {
+        "optimisation (U-Net)",
+        "learned inverse (U-Net)",
+        "flow inverse",
+        "optimisation (flow)",
+    }
     flow = rows["flow inverse"]
     assert flow["input_relative_error"] < 1e-4 and flow["output_residual"] < 1e-4
     assert flow["input_psnr_db"] > 60

@@ -19,7 +19,7 @@ def _refs(metrics):
 def test_relu_preimage_quick(tmp_path):
     from experiments import relu_preimage
 
-    relu_preimage.run(tmp_path, quick=True)
+    relu_preimage.run(relu_preimage.get_config("quick"), tmp_path)
     d = tmp_path / "relu_preimage"
     for png in ("relu_fractions.png", "relu_seed_example.png", "relu_error_split.png"):
         assert (d / png).stat().st_size > 0
@@ -29,8 +29,9 @@ def test_relu_preimage_quick(tmp_path):
     sweep = m["sweep"]
     assert sweep["unique"][0] == 0.0 and sweep["unique"][-1] == 1.0  # m/n = 1 and m/n = 6
     assert all(b >= u for b, u in zip(sweep["bounded"], sweep["unique"], strict=True))
-    assert all(i <= u + 1e-12 for i, u in zip(sweep["injective_on_sample"], sweep["unique"],
-                                              strict=True))
+    assert all(
+        i <= u + 1e-12 for i, u in zip(sweep["injective_on_sample"], sweep["unique"], strict=True)
+    )
     assert 1.5 <= m["unique_transition_ratio"] <= 2.5
     assert m["injective_on_sample_ratio"] >= 2.0
     assert m["error_split"]["4"]["network_relative"] < 1e-6  # unique preimage: nothing lost
@@ -41,7 +42,7 @@ def test_relu_preimage_quick(tmp_path):
 def test_pooling_loss_quick(tmp_path):
     from experiments import pooling_loss
 
-    pooling_loss.run(tmp_path, quick=True)
+    pooling_loss.run(pooling_loss.get_config("quick"), tmp_path)
     d = tmp_path / "pooling_loss"
     for png in ("pooling_ramp.png", "pooling_image.png"):
         assert (d / png).stat().st_size > 0
@@ -55,7 +56,8 @@ def test_pooling_loss_quick(tmp_path):
         assert rec[name]["output_residual"] < 1e-3  # the output is matched ...
         assert rec[name]["relative_error"] > 0.2  # ... the input is not
     assert rec["gradient, zero start"]["relative_error"] == pytest.approx(
-        rec["nearest upsampling"]["relative_error"], abs=1e-3)
+        rec["nearest upsampling"]["relative_error"], abs=1e-3
+    )
     assert rec["unpool with switches (zeros)"]["output_residual"] == 0.0
     assert all(row["agrees"] for row in m["references"])
 
@@ -63,7 +65,7 @@ def test_pooling_loss_quick(tmp_path):
 def test_conv_spectrum_quick(tmp_path):
     from experiments import conv_spectrum
 
-    conv_spectrum.run(tmp_path, quick=True)
+    conv_spectrum.run(conv_spectrum.get_config("quick"), tmp_path)
     d = tmp_path / "conv_spectrum"
     for png in ("conv_singular_values.png", "conv_inverse.png"):
         assert (d / png).stat().st_size > 0

@@ -10,7 +10,7 @@ def _read(folder):
 
 
 def test_linear_inversion_reproduces_the_seed_value(tmp_path):
-    metrics = linear_inversion.run(tmp_path, quick=True)
+    metrics = linear_inversion.run(linear_inversion.get_config("quick"), tmp_path)
     saved = _read(tmp_path / "linear_inversion")
     assert (tmp_path / "linear_inversion" / "linear_inversion.png").stat().st_size > 0
     assert 305.0 <= saved["x0"] <= 320.0
@@ -21,7 +21,7 @@ def test_linear_inversion_reproduces_the_seed_value(tmp_path):
 
 
 def test_sigmoid_inversion_statuses(tmp_path):
-    metrics = sigmoid_inversion.run(tmp_path, quick=True)
+    metrics = sigmoid_inversion.run(sigmoid_inversion.get_config("quick"), tmp_path)
     rows = {row["y0"]: row for row in _read(tmp_path / "sigmoid_inversion")["targets"]}
     for y0 in (0.1, 0.5, 0.9):
         assert rows[y0]["status"] == "converged"

@@ -22,7 +22,7 @@ def _load(directory):
 def test_preimage_spread_quick(tmp_path):
     from experiments import preimage_spread
 
-    returned = preimage_spread.run(tmp_path, quick=True)
+    returned = preimage_spread.run(preimage_spread.get_config("quick"), tmp_path)
     d = tmp_path / "preimage_spread"
     for png in ("preimage_spread.png", "preimage_convergence.png", "weight_histograms.png"):
         assert (d / png).stat().st_size > 0
@@ -45,8 +45,15 @@ def test_preimage_spread_quick(tmp_path):
     # triangle inequality: two restarts are no farther apart than their distances to x0 allow
     assert s["pairwise_distance_median"] <= 2 * max(s["distance_to_true"]) + 1e-9
     w = m["weights"]
-    assert list(returned["weights"]) == ["enc1.conv1", "enc2.conv1", "bottleneck.conv1", "up2", "dec2.conv1",
-                       "up1", "out"]
+    assert list(returned["weights"]) == [
+        "enc1.conv1",
+        "enc2.conv1",
+        "bottleneck.conv1",
+        "up2",
+        "dec2.conv1",
+        "up1",
+        "out",
+    ]
     assert sum(v["count"] for v in w.values()) == 52_337
     ref = m["references"][0]
     assert ref["agrees"] == (m["residual_bound_met"] and m["differ_from_true_beyond_noise"])
@@ -55,12 +62,12 @@ def test_preimage_spread_quick(tmp_path):
 def test_unet_inversion_quick(tmp_path):
     from experiments import unet_inversion
 
-    metrics = unet_inversion.run(tmp_path, quick=True)
+    metrics = unet_inversion.run(unet_inversion.get_config("quick"), tmp_path)
     folder = tmp_path / "unet_inversion"
     assert (folder / "reconstructions.png").exists()
     assert (folder / "residual_vs_input_error.png").exists()
     saved = _load(folder)
-    n, r = saved["profile"]["targets"], saved["profile"]["restarts"]
+    n, r = saved["config"]["targets"], saved["config"]["restarts"]
     residual = np.asarray(saved["output_residual"])
     error = np.asarray(saved["input_relative_error"])
     assert residual.shape == error.shape == (n, r)

@@ -13,8 +13,19 @@ import numpy as np
 
 matplotlib.use("Agg")
 
-SEED_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "cat2", "dec2", "up1",
-               "cat1", "out"]
+SEED_LAYERS = [
+    "enc1",
+    "pool1",
+    "enc2",
+    "pool2",
+    "bottleneck",
+    "up2",
+    "cat2",
+    "dec2",
+    "up1",
+    "cat1",
+    "out",
+]
 NO_SKIP_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "out"]
 
 
@@ -25,13 +36,14 @@ def _load(directory):
 def test_unet_layerwise_quick(tmp_path):
     from experiments import unet_layerwise
 
-    returned = unet_layerwise.run(tmp_path, quick=True)
+    returned = unet_layerwise.run(unet_layerwise.get_config("quick"), tmp_path)
     d = tmp_path / "unet_layerwise"
     for png in ("layerwise_error.png", "layerwise_rank.png", "layerwise_reconstructions.png"):
         assert (d / png).stat().st_size > 0
     m = _load(d)
     assert m["skips"]["layers"] == SEED_LAYERS == returned["skips"]["layers"]
     assert m["no_skips"]["layers"] == NO_SKIP_LAYERS
+    assert m["config"]["profile"] == "quick" and m["config"]["train_profile"] == "quick"
     n_img = m["config"]["images"]
     for variant in ("skips", "no_skips"):
         res = m[variant]
@@ -47,7 +59,7 @@ def test_unet_layerwise_quick(tmp_path):
         assert set(res["lossy"]).isdisjoint(res["optimiser_limited"])
         assert set(res["lossy"]) == {n for n, r in res["per_layer"].items() if r["nullity"] > 0}
         for name in res["optimiser_limited"]:
-            assert res["per_layer"][name]["relative_error"] > m["config"]["failed_error"]
+            assert res["per_layer"][name]["relative_error"] > m["constants"]["failed_error"]
         # the first conv (16 channels of 3x3, ReLU) keeps the input: recovered almost exactly
         enc1 = res["per_layer"]["enc1"]
         assert enc1["nullity"] == 0 and enc1["relative_error"] < 1e-3 and enc1["psnr"] > 50
@@ -74,8 +86,10 @@ def test_layer_selector_loss_equals_normalized_loss():
     for layer in range(3):
         sel = seg == layer
         onehot = np.eye(3)[layer]
-        got = loss(jnp.asarray(np.r_[pred, 0, 0, 0], jnp.float32),
-                   jnp.asarray(np.r_[target, onehot], jnp.float32))
+        got = loss(
+            jnp.asarray(np.r_[pred, 0, 0, 0], jnp.float32),
+            jnp.asarray(np.r_[target, onehot], jnp.float32),
+        )
         want = normalized(jnp.asarray(pred[sel]), jnp.asarray(target[sel]))
         np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
 
@@ -84,5 +98,6 @@ def test_singular_values_match_svd():
     from experiments.unet_layerwise import singular_values
 
     a = np.random.default_rng(1).normal(size=(40, 6)) @ np.diag([1, 1e-1, 1e-2, 1e-3, 1, 0.0])
-    np.testing.assert_allclose(singular_values(a), np.linalg.svd(a, compute_uv=False),
-                               rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        singular_values(a), np.linalg.svd(a, compute_uv=False), rtol=1e-8, atol=1e-10
+    )
