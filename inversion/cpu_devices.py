@@ -43,8 +43,10 @@ def usable_cores() -> int:
 
 
 def _user_chose() -> bool:
-    return (jax.config.jax_num_cpu_devices >= 0
-            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    return (
+        jax.config.jax_num_cpu_devices >= 0
+        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    )
 
 
 def configure(n: int | None = None) -> bool:

@@ -33,8 +33,27 @@ DEFAULT_INIT_SCALE = 0.1
 cpu_devices.configure()  # one CPU device per core, if JAX has not started yet (see the module)
 
 
-def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learning_rate, steps,
-           regularizers, bounds, tol, loop, init_scale, check_every, mesh, rows=1):
+def _setup(
+    fn,
+    target_shape,
+    x0,
+    x_shape,
+    *,
+    lead,
+    key,
+    loss,
+    optimizer,
+    learning_rate,
+    steps,
+    regularizers,
+    bounds,
+    tol,
+    loop,
+    init_scale,
+    check_every,
+    mesh,
+    rows=1,
+):
     """Validate everything shared by ``invert``/``invert_batch`` (nothing is compiled here).
 
     ``lead`` is the number of leading axes of ``x0`` before one input's shape; ``rows`` the
@@ -45,8 +64,9 @@ def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learnin
     """
     chk.check_callable("fn", fn)
     if key is not None and not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)), got "
-                        f"{type(key).__name__}")
+        raise TypeError(
+            f"key must be a jax.random key (jax.random.key(seed)), got {type(key).__name__}"
+        )
     steps = chk.check_int("steps", steps, minimum=1)
     check_every = chk.check_int("check_every", check_every, minimum=1)
     init_scale = chk.check_real("init_scale", init_scale, positive=True)
@@ -73,8 +93,10 @@ def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learnin
         x0 = chk.as_finite_array("x0", x0)
         got = tuple(x0.shape[lead:])
         if x_shape is not None and got != x_shape:
-            raise ValueError(f"x0 has shape {tuple(x0.shape)}, i.e. inputs of shape {got}, but "
-                             f"x_shape is {x_shape}; expected them to agree")
+            raise ValueError(
+                f"x0 has shape {tuple(x0.shape)}, i.e. inputs of shape {got}, but "
+                f"x_shape is {x_shape}; expected them to agree"
+            )
         x_shape, dtype = got, x0.dtype
     else:
         dtype = jnp.float32
@@ -85,8 +107,16 @@ def _setup(fn, target_shape, x0, x_shape, *, lead, key, loss, optimizer, learnin
     if mesh is not None:
         spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
         sharding = jax.sharding.NamedSharding(mesh, spec)
-    problem = Problem(fn=fn, loss=loss_fn, regularizers=reg_tuple, optimizer=opt, steps=steps,
-                      bounds=bounds, tol=tol, sharding=sharding)
+    problem = Problem(
+        fn=fn,
+        loss=loss_fn,
+        regularizers=reg_tuple,
+        optimizer=opt,
+        steps=steps,
+        bounds=bounds,
+        tol=tol,
+        sharding=sharding,
+    )
     y_struct = jax.ShapeDtypeStruct(out.shape, out.dtype)
     _check_objective(problem, jax.ShapeDtypeStruct(x_shape, dtype), y_struct)
     return problem, x0, x_shape, dtype, out.dtype, loop, check_every, init_scale
@@ -168,15 +198,38 @@ def invert(
     """
     target_shape = tuple(np.shape(target))
     problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
-        fn, target_shape, x0, x_shape, lead=0, key=key, loss=loss, optimizer=optimizer,
-        learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
-        tol=tol, loop=loop, init_scale=init_scale, check_every=check_every, mesh=None)
+        fn,
+        target_shape,
+        x0,
+        x_shape,
+        lead=0,
+        key=key,
+        loss=loss,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        steps=steps,
+        regularizers=regularizers,
+        bounds=bounds,
+        tol=tol,
+        loop=loop,
+        init_scale=init_scale,
+        check_every=check_every,
+        mesh=None,
+    )
     target = chk.as_finite_array("target", target, ydtype)
     if x0 is None:
         x0 = _random_start(key, xs, dtype, init_scale) if key is not None else jnp.zeros(xs, dtype)
     x0 = x0[None]
-    out = solve_rows(problem, x0, target[None], loop=loop, chunk_rows=None,
-                     check_every=check_every, progress=progress, group="single")
+    out = solve_rows(
+        problem,
+        x0,
+        target[None],
+        loop=loop,
+        chunk_rows=None,
+        check_every=check_every,
+        progress=progress,
+        group="single",
+    )
     return Result(*out, restarts=0)
 
 
@@ -236,16 +289,35 @@ def invert_batch(
     if x0 is not None:
         want = (n, restarts) if restarts > 1 else (n,)
         if tuple(np.shape(x0)[:lead]) != want:
-            raise ValueError(f"x0 has shape {tuple(np.shape(x0))}; expected leading axes {want} "
-                             f"(targets{', restarts' if restarts > 1 else ''})")
+            raise ValueError(
+                f"x0 has shape {tuple(np.shape(x0))}; expected leading axes {want} "
+                f"(targets{', restarts' if restarts > 1 else ''})"
+            )
     elif restarts > 1 and key is None:
-        raise ValueError(f"restarts={restarts} needs a key (random starts) or x0 of shape "
-                         "(N, restarts, *x_shape); got neither")
+        raise ValueError(
+            f"restarts={restarts} needs a key (random starts) or x0 of shape "
+            "(N, restarts, *x_shape); got neither"
+        )
     problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
-        fn, t_shape[1:], x0, x_shape, lead=lead, key=key, loss=loss, optimizer=optimizer,
-        learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
-        tol=tol, loop=loop, init_scale=init_scale, check_every=check_every, mesh=mesh,
-        rows=n * restarts)
+        fn,
+        t_shape[1:],
+        x0,
+        x_shape,
+        lead=lead,
+        key=key,
+        loss=loss,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        steps=steps,
+        regularizers=regularizers,
+        bounds=bounds,
+        tol=tol,
+        loop=loop,
+        init_scale=init_scale,
+        check_every=check_every,
+        mesh=mesh,
+        rows=n * restarts,
+    )
     targets = chk.as_finite_array("targets", targets, ydtype)
     if x0 is None:
         if restarts > 1:
@@ -259,9 +331,16 @@ def invert_batch(
     x_rows = x0.reshape((n * restarts, *xs))
     y_rows = jnp.repeat(targets, restarts, axis=0) if restarts > 1 else targets
     chunk_rows = None if chunk is None else chunk * restarts
-    out = solve_rows(problem, x_rows, y_rows, loop=loop, chunk_rows=chunk_rows,
-                     check_every=check_every, progress=progress,
-                     group=restarts if restarts > 1 else None)
+    out = solve_rows(
+        problem,
+        x_rows,
+        y_rows,
+        loop=loop,
+        chunk_rows=chunk_rows,
+        check_every=check_every,
+        progress=progress,
+        group=restarts if restarts > 1 else None,
+    )
     return Result(*out, restarts=restarts if restarts > 1 else 0)
 
 
@@ -292,10 +371,25 @@ def step_cost(
     if len(t_shape) < 1 or len(x_shape) < 1 or t_shape[0] != x_shape[0] or t_shape[0] < 1:
         raise ValueError(f"targets {t_shape} and x0 {x_shape} need the same leading axis N >= 1")
     problem, x0, *_ = _setup(
-        fn, t_shape[1:], x0, None, lead=1, key=None, loss=loss, optimizer=optimizer,
-        learning_rate=learning_rate, steps=steps, regularizers=regularizers, bounds=bounds,
-        tol=tol, loop="python", init_scale=DEFAULT_INIT_SCALE, check_every=1, mesh=None,
-        rows=t_shape[0])
+        fn,
+        t_shape[1:],
+        x0,
+        None,
+        lead=1,
+        key=None,
+        loss=loss,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        steps=steps,
+        regularizers=regularizers,
+        bounds=bounds,
+        tol=tol,
+        loop="python",
+        init_scale=DEFAULT_INIT_SCALE,
+        check_every=1,
+        mesh=None,
+        rows=t_shape[0],
+    )
     if chunk is not None:
         chunk = chk.check_int("chunk", chunk, minimum=1)
     return solve_cost(problem, x0, chk.as_finite_array("targets", targets), chunk)

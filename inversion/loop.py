@@ -191,8 +191,12 @@ def python_loop(problem: Problem, *, check_every: int = 10):
     """
     step = jax.jit(make_step(problem), donate_argnums=(0, 1))
 
-    def run(x: Array, state: StepState, targets: Array,
-            on_check: Callable[[int, StepState], None] | None = None) -> tuple[Array, StepState]:
+    def run(
+        x: Array,
+        state: StepState,
+        targets: Array,
+        on_check: Callable[[int, StepState], None] | None = None,
+    ) -> tuple[Array, StepState]:
         for i in range(problem.steps):
             x, state = step(x, state, targets)
             done = i + 1

@@ -55,8 +55,14 @@ def _rows(a, batch: bool):
     return a.reshape((a.shape[0], -1)) if batch else a.reshape((1, -1))
 
 
-def psnr(x: Float[Array, "..."], ref: Float[Array, "..."], data_range: float = 1.0, *,
-         batched: bool | None = None, reduce: bool = True) -> Array:
+def psnr(
+    x: Float[Array, "..."],
+    ref: Float[Array, "..."],
+    data_range: float = 1.0,
+    *,
+    batched: bool | None = None,
+    reduce: bool = True,
+) -> Array:
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / MSE)``."""
     x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
     _check_pair("psnr", x, ref)
@@ -71,8 +77,13 @@ def _psnr(x, ref, data_range, *, batch: bool, reduce: bool):
     return _reduce_rows(10.0 * jnp.log10(data_range**2 / mse), batch, reduce)
 
 
-def relative_error(x: Float[Array, "..."], ref: Float[Array, "..."], *,
-                   batched: bool | None = None, reduce: bool = True) -> Array:
+def relative_error(
+    x: Float[Array, "..."],
+    ref: Float[Array, "..."],
+    *,
+    batched: bool | None = None,
+    reduce: bool = True,
+) -> Array:
     """``||x - ref|| / ||ref||`` per sample."""
     x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
     _check_pair("relative_error", x, ref)
@@ -87,8 +98,14 @@ def _relative_error(x, ref, *, batch: bool, reduce: bool):
     return _reduce_rows(err, batch, reduce)
 
 
-def ssim(x: Float[Array, "..."], ref: Float[Array, "..."], data_range: float = 1.0, *,
-         batched: bool | None = None, reduce: bool = True):
+def ssim(
+    x: Float[Array, "..."],
+    ref: Float[Array, "..."],
+    data_range: float = 1.0,
+    *,
+    batched: bool | None = None,
+    reduce: bool = True,
+):
     """Structural similarity (scikit-image) of HW / HWC images or NHWC batches."""
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     _check_pair("ssim", x, ref)
@@ -104,11 +121,14 @@ def ssim(x: Float[Array, "..."], ref: Float[Array, "..."], data_range: float = 1
     if win < 3:
         raise ValueError(f"ssim needs images of at least 3x3 pixels, got {h}x{w}")
     channel_axis = -1 if xs.ndim == 4 else None
-    vals = np.array([
-        structural_similarity(a, b, data_range=data_range, win_size=win,
-                              channel_axis=channel_axis)
-        for a, b in zip(xs, rs, strict=True)
-    ])
+    vals = np.array(
+        [
+            structural_similarity(
+                a, b, data_range=data_range, win_size=win, channel_axis=channel_axis
+            )
+            for a, b in zip(xs, rs, strict=True)
+        ]
+    )
     if not batch:
         return vals[0]
     return vals.mean() if reduce else vals
@@ -123,8 +143,15 @@ def _overlap(pred, mask, threshold, soft: bool, batch: bool):
     return inter, total
 
 
-def dice(pred: Float[Array, "..."], mask: Float[Array, "..."], threshold: float = 0.5, *,
-         soft: bool = False, batched: bool | None = None, reduce: bool = True) -> Array:
+def dice(
+    pred: Float[Array, "..."],
+    mask: Float[Array, "..."],
+    threshold: float = 0.5,
+    *,
+    soft: bool = False,
+    batched: bool | None = None,
+    reduce: bool = True,
+) -> Array:
     """Dice coefficient ``2 |P & M| / (|P| + |M|)`` (soft: with probabilities)."""
     pred, mask = _as_pair("dice", pred, mask)
     return _dice(pred, mask, threshold, soft=soft, batch=_is_batch(pred, batched), reduce=reduce)
@@ -137,8 +164,15 @@ def _dice(pred, mask, threshold, *, soft: bool, batch: bool, reduce: bool):
     return _reduce_rows(val, batch, reduce)
 
 
-def iou(pred: Float[Array, "..."], mask: Float[Array, "..."], threshold: float = 0.5, *,
-        soft: bool = False, batched: bool | None = None, reduce: bool = True) -> Array:
+def iou(
+    pred: Float[Array, "..."],
+    mask: Float[Array, "..."],
+    threshold: float = 0.5,
+    *,
+    soft: bool = False,
+    batched: bool | None = None,
+    reduce: bool = True,
+) -> Array:
     """Intersection over union ``|P & M| / |P | M|`` (soft: with probabilities)."""
     pred, mask = _as_pair("iou", pred, mask)
     return _iou(pred, mask, threshold, soft=soft, batch=_is_batch(pred, batched), reduce=reduce)

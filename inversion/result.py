@@ -82,8 +82,12 @@ class Result:
         """
         if self.restarts == 0:
             return self
-        return Result(*_pick_best(self.x, self.history, self.loss, self.residual, self.steps,
-                                  self.status_code), restarts=0)
+        return Result(
+            *_pick_best(
+                self.x, self.history, self.loss, self.residual, self.steps, self.status_code
+            ),
+            restarts=0,
+        )
 
 
 @jax.jit

@@ -213,4 +213,3 @@ class Flow(Bijector):
         n = math.prod(z.shape[1:])
         base = -0.5 * jnp.sum(z * z, axis=(1, 2, 3)) - 0.5 * n * math.log(2 * math.pi)
         return base + logdet
-

@@ -100,7 +100,7 @@ def _taps(x: Float[Array, "... h w"], kh: int, kw: int) -> Float[Array, "t ... h
     h, w = x.shape[-2:]
     p, q = kh // 2, kw // 2
     xp = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(p, p), (q, q)])
-    return jnp.stack([xp[..., a:a + h, e:e + w] for a in range(kh) for e in range(kw)])
+    return jnp.stack([xp[..., a : a + h, e : e + w] for a in range(kh) for e in range(kw)])
 
 
 def _sum_taps(z: Float[Array, "t ... h w"], kh: int, kw: int) -> Float[Array, "... h w"]:
@@ -108,7 +108,7 @@ def _sum_taps(z: Float[Array, "t ... h w"], kh: int, kw: int) -> Float[Array, ".
     h, w = z.shape[-2:]
     p, q = kh // 2, kw // 2
     zp = jnp.pad(z, [(0, 0)] * (z.ndim - 2) + [(p, p), (q, q)])
-    return sum(zp[a * kw + e, ..., a:a + h, e:e + w] for a in range(kh) for e in range(kw))
+    return sum(zp[a * kw + e, ..., a : a + h, e : e + w] for a in range(kh) for e in range(kw))
 
 
 def _conv_one_channel(x, kernel):
