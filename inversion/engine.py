@@ -63,10 +63,7 @@ def _setup(
     init_scale)``.
     """
     chk.check_callable("fn", fn)
-    if key is not None and not isinstance(key, jax.Array):
-        raise TypeError(
-            f"key must be a jax.random key (jax.random.key(seed)), got {type(key).__name__}"
-        )
+    key = chk.check_key(key)
     steps = chk.check_int("steps", steps, minimum=1)
     check_every = chk.check_int("check_every", check_every, minimum=1)
     init_scale = chk.check_real("init_scale", init_scale, positive=True)
@@ -83,12 +80,7 @@ def _setup(
     loop = chk.check_loop(loop, platform=platform)
     if x0 is None and x_shape is None:
         raise ValueError("give x0 (a starting input) or x_shape (one input's shape); got neither")
-    if x_shape is not None:
-        if not isinstance(x_shape, tuple | list) or not all(
-            isinstance(d, int | np.integer) and d >= 0 for d in x_shape
-        ):
-            raise TypeError(f"x_shape must be a tuple of non-negative ints, got {x_shape!r}")
-        x_shape = tuple(int(d) for d in x_shape)
+    x_shape = chk.check_x_shape(x_shape)
     if x0 is not None:
         x0 = chk.as_finite_array("x0", x0)
         got = tuple(x0.shape[lead:])
@@ -97,10 +89,17 @@ def _setup(
                 f"x0 has shape {tuple(x0.shape)}, i.e. inputs of shape {got}, but "
                 f"x_shape is {x_shape}; expected them to agree"
             )
+        chk.check_input_size("x0", got, x0.shape)
         x_shape, dtype = got, x0.dtype
     else:
-        dtype = jnp.float32
+        dtype = np.dtype(jnp.float32)
     out = chk.output_struct(fn, x_shape, dtype)
+    work = chk.working_dtype(dtype, out.dtype)
+    if work != dtype:  # e.g. a bfloat16 x0 and a float32 fn: invert in float32
+        dtype = work
+        x0 = None if x0 is None else x0.astype(work)
+        out = chk.output_struct(fn, x_shape, dtype)
+    chk.check_output_size(out.shape, x_shape)
     chk.check_target_shape("target", target_shape, out.shape, x_shape)
     bounds = chk.check_bounds(bounds, x_shape, dtype)
     sharding = None
@@ -168,12 +167,18 @@ def invert(
     ``key`` in shape ``x_shape``, else zeros of ``x_shape`` (``key`` is used only without
     ``x0``).
 
+    Precision: the inversion runs in ``jnp.promote_types(dtype of x0, dtype of fn's output)``
+    (float32 without ``x0``); a bfloat16 or float16 ``x0`` with a float32 ``fn`` is cast to
+    float32 before anything runs, and ``Result.x`` is float32. Integer or boolean ``x0`` is
+    float32; complex ``target`` or ``x0`` is a ``TypeError``.
+
     Args:
         fn: pure map from one input to one output (close over the weights).
         target: the output ``y`` to match; its shape must be ``fn``'s output shape.
         x0: the starting input (its shape is the input shape).
-        x_shape: one input's shape, needed when ``x0`` is not given.
-        key: ``jax.random.key`` for a random start ``init_scale * N(0, I)`` (without ``x0``).
+        x_shape: one input's shape (positive ints), needed when ``x0`` is not given.
+        key: ONE ``jax.random.key`` (shape ``()``; a raw ``jax.random.PRNGKey`` also works) for
+            a random start ``init_scale * N(0, I)`` (without ``x0``).
         init_scale: standard deviation of the random start (default 0.1).
         loss: ``'mse'``, ``'normalized'``, ``'cosine'`` or a callable ``(pred, target) -> scalar``.
         optimizer: ``None`` (``optax.adam(1e-2)``), ``'adam'``, ``'sgd'`` (lr 1e-2), ``'lbfgs'``
@@ -196,6 +201,7 @@ def invert(
     Raises:
         ValueError / TypeError: for bad arguments, before anything compiles.
     """
+    chk.check_real_dtype("target", target)
     target_shape = tuple(np.shape(target))
     problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
         fn,
@@ -264,6 +270,7 @@ def invert_batch(
     ``restarts = R > 1``: ``x0`` of shape ``(N, R, *xs)``, or with ``key`` restart ``r`` of every
     target starts at ``init_scale * normal(jax.random.split(key, R)[r], xs)``; ``Result.x`` then
     has shape ``(N, R, *xs)`` and :meth:`Result.best` picks the lowest-loss restart per target.
+    Precision and argument types as in :func:`invert`.
 
     Args:
         chunk: solve at most this many targets (times restarts) at once; results are identical.
@@ -281,12 +288,14 @@ def invert_batch(
     restarts = chk.check_int("restarts", restarts, minimum=1)
     if chunk is not None:
         chunk = chk.check_int("chunk", chunk, minimum=1)
+    chk.check_real_dtype("targets", targets)
     t_shape = tuple(np.shape(targets))
     if len(t_shape) < 1 or t_shape[0] < 1:
         raise ValueError(f"targets must have a leading axis of N >= 1 targets, got {t_shape}")
     n = t_shape[0]
     lead = 2 if restarts > 1 else 1
     if x0 is not None:
+        chk.check_real_dtype("x0", x0)
         want = (n, restarts) if restarts > 1 else (n,)
         if tuple(np.shape(x0)[:lead]) != want:
             raise ValueError(
@@ -367,6 +376,8 @@ def step_cost(
     sizes ``argument_bytes``, ``output_bytes``, ``temp_bytes`` (``0`` where the backend does
     not report one), and ``chunk_rows``, ``chunks``.
     """
+    chk.check_real_dtype("targets", targets)
+    chk.check_real_dtype("x0", x0)
     t_shape, x_shape = tuple(np.shape(targets)), tuple(np.shape(x0))
     if len(t_shape) < 1 or len(x_shape) < 1 or t_shape[0] != x_shape[0] or t_shape[0] < 1:
         raise ValueError(f"targets {t_shape} and x0 {x_shape} need the same leading axis N >= 1")

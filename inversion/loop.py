@@ -168,6 +168,7 @@ def make_step(problem: Problem) -> Callable[[Array, StepState, Array], tuple[Arr
         x, x_prev, opt_state, code, n, value = row(
             x, state.x_prev, state.opt_state, state.code, state.n, targets, values, grads
         )
+        value = value.astype(state.history.dtype)  # an objective computed in another dtype
         history = lax.dynamic_update_index_in_dim(state.history, value, state.i, 0)
         state = StepState(
             i=state.i + 1,
@@ -237,7 +238,9 @@ def finalize(problem: Problem, x: Array, state: StepState, targets: Array):
 
     A row still running whose last iterate has a non-finite objective is reverted to its previous
     iterate and marked 'diverged'. History entries ``j >= n`` are set to the final objective.
-    Returns ``(x, history (B, steps), loss, residual, n, code)``.
+    A NaN final objective or residual (only possible when the objective is not finite even at
+    the start: such a row is 'diverged' with ``n = 0``) is reported as ``+inf``, so no output
+    is NaN. Returns ``(x, history (B, steps), loss, residual, n, code)``.
     """
     objective = jax.vmap(problem.objective)
     bad = ~jnp.isfinite(objective(x, targets)) & (state.code == RUNNING)
@@ -255,6 +258,8 @@ def finalize(problem: Problem, x: Array, state: StepState, targets: Array):
     err = jnp.sqrt(jnp.sum(jnp.square(pred - targets), axis=axes))
     ref = jnp.sqrt(jnp.sum(jnp.square(targets), axis=axes))
     residual = err / jnp.where(ref > 0, ref, 1.0)
+    loss = jnp.where(jnp.isnan(loss), jnp.inf, loss)
+    residual = jnp.where(jnp.isnan(residual), jnp.inf, residual)
     history = state.history.T
     history = jnp.where(jnp.arange(problem.steps)[None, :] >= n[:, None], loss[:, None], history)
     return x, history, loss, residual, n, code

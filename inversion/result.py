@@ -19,6 +19,11 @@ field             ``invert``          ``invert_batch``        ``invert_batch``, 
 History convention: ``history[..., j]`` is the objective (loss plus regularizers) at the j-th
 iterate ``x_j`` for ``j < steps``; every entry from ``steps`` on holds the final ``loss``, so a
 history is never NaN and never shorter than the requested number of steps.
+
+Non-finite objectives: a run stops with status ``'diverged'`` at its last finite iterate. When
+the objective is not finite even at the start ``x0`` (e.g. ``fn(x0)`` is NaN), there is no
+finite iterate to return: ``x`` is ``x0``, ``steps`` is 0, and ``loss`` and every ``history``
+entry are ``+inf`` (``residual`` too when ``fn(x0)`` is not finite). No field is ever NaN.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ class Result:
     Attributes:
         x: the recovered input(s); always finite (a diverged run returns its last finite iterate).
         history: objective per step, shape ``(..., steps)`` (see the module docstring).
-        loss: final objective ``L(fn(x), y) + sum_k R_k(x)`` at the returned ``x``.
+        loss: final objective ``L(fn(x), y) + sum_k R_k(x)`` at the returned ``x`` (``+inf``,
+            never NaN, when it is not finite there; see the module docstring).
         residual: relative error in target space ``||fn(x) - y|| / ||y||`` (absolute norm when
-            ``y = 0``). Input-space error is not known to the engine and is never mixed in.
+            ``y = 0``; ``+inf`` when ``fn(x)`` is not finite). Input-space error is not known
+            to the engine and is never mixed in.
         steps: number of optimiser updates actually applied.
         status_code: ``0`` max_steps, ``1`` converged (objective <= tol), ``2`` diverged.
         restarts: number of restarts along axis 1 (``0`` when there is no restart axis).
