@@ -86,11 +86,33 @@ def _check(fn, x, method, k, tol):
         raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
     if x.size == 0:
         raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        bad = int(jnp.sum(~jnp.isfinite(x)))
+        raise ValueError(
+            f"x has {bad} NaN or inf entries (shape {x.shape}); expected a finite point"
+        )
     if k is not None and (not isinstance(k, int | np.integer) or k < 1):
         raise ValueError(f"k must be a positive integer or None, got {k!r}")
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be a non-negative number or None, got {tol!r}")
     return x
+
+
+def _check_finite_jacobian(finite: bool, bad: int, total: int, what: str = "entries") -> None:
+    if not finite:
+        raise ValueError(
+            f"the Jacobian of fn at x is not finite ({bad} of {total} {what} NaN or inf): fn is "
+            "not differentiable there (e.g. sqrt or log at 0) or overflows; expected a point "
+            "where fn has a finite Jacobian"
+        )
+
+
+def _finite_product(v) -> np.ndarray:
+    """A Jacobian-vector product on host, checked (ARPACK fails obscurely on NaN)."""
+    v = np.asarray(v, np.float64)
+    _check_finite_jacobian(np.isfinite(v).all(), int(np.sum(~np.isfinite(v))), v.size,
+                           "entries of a Jacobian-vector product")
+    return v
 
 
 def dense_jacobian(fn: Callable[[Array], Array], x: Array) -> Float[np.ndarray, "m n"]:
@@ -111,8 +133,8 @@ def _lanczos(fn, x, k, key):
     rmatvec = jax.jit(lambda u: vjp(u.reshape(y.shape).astype(dt))[0].ravel())
     op = LinearOperator(
         (m, n), dtype=np.float64,
-        matvec=lambda v: np.asarray(matvec(jnp.asarray(np.ravel(v))), np.float64),
-        rmatvec=lambda u: np.asarray(rmatvec(jnp.asarray(np.ravel(u))), np.float64),
+        matvec=lambda v: _finite_product(matvec(jnp.asarray(np.ravel(v)))),
+        rmatvec=lambda u: _finite_product(rmatvec(jnp.asarray(np.ravel(u)))),
     )
     v0 = np.asarray(jax.random.normal(key, (min(m, n),)), np.float64)
     return svds(op, k=k, v0=v0, tol=1e-7, return_singular_vectors=False), m, n
@@ -134,7 +156,9 @@ def jacobian_spectrum(fn: Callable[[Array], Array], x: Array, *, method: str = "
     if method == "auto":
         method = "dense" if m * n <= dense_limit or min(m, n) < 3 else "lanczos"
     if method == "dense":
-        s = np.linalg.svd(dense_jacobian(fn, x), compute_uv=False)
+        jac = dense_jacobian(fn, x)
+        _check_finite_jacobian(np.isfinite(jac).all(), int(np.sum(~np.isfinite(jac))), m * n)
+        s = np.linalg.svd(jac, compute_uv=False)
         return summarize_spectrum(s, n_in=n, n_out=m, tol=tol, eps=eps)
     if min(m, n) < 3:
         raise ValueError(f"method='lanczos' needs min(m, n) >= 3, got a {m}x{n} Jacobian")
