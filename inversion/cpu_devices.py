@@ -49,23 +49,37 @@ def _user_chose() -> bool:
     )
 
 
+def requested() -> int | None:
+    """The count asked for by ``$INVERSION_CPU_DEVICES`` (``None`` when unset or blank).
+
+    Raises ``ValueError`` naming the variable unless it is a positive integer.
+    """
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < 1:
+        raise ValueError(
+            f"the environment variable {ENV} must be a positive int (the number of CPU devices; "
+            f"1 keeps a single device), got {value!r}"
+        )
+    return n
+
+
 def configure(n: int | None = None) -> bool:
     """Ask JAX for ``n`` CPU devices (default: ``$INVERSION_CPU_DEVICES``, else one per usable
     core). Returns whether the setting was applied: ``False`` when the user already chose a
     count (``n`` not given) or when JAX's backend has started (then nothing changes)."""
     if n is None:
+        env = requested()  # a bad value is an error even where the user chose otherwise
         if _user_chose():
             return False
-        value = os.environ.get(ENV, "").strip()
-        if value:
-            try:
-                n = int(value)
-            except ValueError:
-                raise ValueError(f"{ENV} must be a positive int, got {value!r}") from None
-        else:
-            n = usable_cores()
+        n = env or usable_cores()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of CPU devices must be a positive int, got {n!r}")
+        raise ValueError(f"n (the number of CPU devices) must be a positive int, got {n!r}")
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # the backend has started: its device count is fixed

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -49,6 +50,12 @@ def _check_kernel(x, kernel, *, in_axis: int = 2) -> None:
             f"kernel expects {kernel.shape[in_axis]} input channels (kernel shape "
             f"{kernel.shape}), but x has {x.shape[-1]} channels (x shape {x.shape})"
         )
+
+
+def _check_stride(stride) -> int:
+    if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    return int(stride)
 
 
 def _check_window(x, window: int) -> None:
@@ -81,6 +88,7 @@ def conv2d(
     ``padding='SAME'`` zero-pads so that ``ho = ceil(h / s)``; ``'VALID'`` does not pad.
     """
     _check_kernel(x, kernel)
+    stride = _check_stride(stride)
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
     kh, kw, ci, co = kernel.shape
@@ -151,6 +159,7 @@ def conv_transpose2d(
     ``'SAME'`` padding through ``lax.conv_transpose``.
     """
     _check_kernel(x, kernel)
+    stride = _check_stride(stride)
     kh, kw = kernel.shape[:2]
     if (kh, kw) == (stride, stride):
         b, h, w, ci = x.shape
