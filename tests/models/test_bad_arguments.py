@@ -4,8 +4,6 @@ error, seed_unet('abc') an nnx 'Invalid rng value', INVERSION_CPU_DEVICES=0 an u
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +14,6 @@ import models
 from inversion import cpu_devices
 from models import layers
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 X = jnp.ones((1, 4, 4, 1))
 
 
