@@ -54,9 +54,7 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_metrics(
-    directory: pathlib.Path, metrics: dict, config: ExperimentConfig | None = None
-) -> pathlib.Path:
+def write_metrics(directory: pathlib.Path, metrics: dict, config: ExperimentConfig) -> pathlib.Path:
     """Write ``metrics`` (arrays converted to lists) to ``directory/metrics.json``.
 
     Added to what is written (not to ``metrics`` itself): ``config``, the run's config with its
@@ -67,10 +65,7 @@ def write_metrics(
     clash = {"config", "provenance"} & set(metrics)
     if clash:
         raise ValueError(f"metrics may not hold {sorted(clash)}: write_metrics records them")
-    record = dict(metrics)
-    if config is not None:
-        record["config"] = config_record(config)
-    record["provenance"] = provenance()
+    record = {**metrics, "config": config_record(config), "provenance": provenance()}
     path = pathlib.Path(directory) / "metrics.json"
     path.write_text(json.dumps(_to_jsonable(record), indent=2, sort_keys=True) + "\n")
     return path

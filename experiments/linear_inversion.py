@@ -1,7 +1,7 @@
 """The seed study's linear inversion: gradient descent on the input of a trained Dense(1).
 
 Command:   python -m experiments.linear_inversion [--out results] [--quick | --full] [--set k=v]
-Runtime:   about 15 s on a 2-core CPU (quick: about 10 s).
+Runtime:   about 15 s on a 2-core CPU (quick: about 10 s; full: about 1 min).
 Profiles:  Dense(1) trained 3,000 Adam steps (full: 10,000); inversion 3,000 steps (quick 2,000,
            full 10,000); the x-over-iterations path sampled at 24 step counts (quick 12,
            full 48).

@@ -1,9 +1,9 @@
 """Inverting a single sigmoid unit: reachable targets converge, unreachable ones saturate.
 
 Command:   python -m experiments.sigmoid_inversion [--out results] [--quick | --full] [--set k=v]
-Runtime:   about 15 s on a 2-core CPU (quick: about 10 s).
+Runtime:   about 15 s on a 2-core CPU (quick: about 10 s; full: about 20 s).
 Profiles:  the unit trained 3,000 Adam steps (quick 1,000, full 10,000); inversion 5,000 steps
-           (quick 2,000, full 20,000).
+           (quick 2,000, full 20,000: there y0 = 0.999 converges too, after ~16,500 steps).
 Expected:  a sigmoid unit y = σ(w·u + b), u = x/1000, trained with Adam on x ~ U(0, 1000),
            y = σ((x − 500)/100) + N(0, 0.02²). Gradient descent on the input from x = 1
            reaches the closed form x = 1000·(logit(y0) − b)/w for y0 ∈ {0.1, 0.5, 0.9}
