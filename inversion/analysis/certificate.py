@@ -199,7 +199,8 @@ def _jacobian_builder(fn, x_shape, block: int):
 def _from_dense(jac, *, rtol, n_in, n_out, dtype, jacobian_dtype):
     if not np.all(np.isfinite(jac)):
         raise ValueError("the Jacobian of fn at x is not finite (NaN or inf entries)")
-    _, s, vt = np.linalg.svd(jac, full_matrices=True)
+    # tall: the thin SVD already gives all n right singular vectors (and no m x m U)
+    _, s, vt = np.linalg.svd(jac, full_matrices=jac.shape[0] < jac.shape[1])
     s_full = np.zeros(n_in)
     s_full[: s.size] = s[:n_in]  # sigma_i = 0 for i > m
     small = s_full <= rtol * (s_full[0] if n_in else 0.0)
