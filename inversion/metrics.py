@@ -16,6 +16,11 @@ sample (``reduce=False``).
 
 ``psnr``, ``relative_error``, ``dice`` and ``iou`` are jnp code (jit-safe, return jax arrays);
 ``ssim`` runs scikit-image on host and returns a numpy value.
+
+Non-finite input: a NaN or inf entry in either array is a ``ValueError`` naming the metric and
+the argument (a NaN pixel would make ``psnr``, ``relative_error`` and ``ssim`` NaN, and would
+silently count as background in the hard ``dice``/``iou``). Under ``jax.jit`` the values are
+not known when the metric is traced, so there the check is skipped and NaN propagates.
 """
 
 from __future__ import annotations
@@ -38,9 +43,24 @@ def _check_pair(name: str, x, ref) -> None:
         raise ValueError(f"{name}: shapes differ, {x.shape} vs {ref.shape}; expected equal shapes")
 
 
-def _as_pair(name: str, a, b):
+def _check_finite(name: str, **arrays) -> None:
+    """``ValueError`` if a concrete array has a NaN or inf entry (tracers are not checked)."""
+    for arg, a in arrays.items():
+        if isinstance(a, jax.core.Tracer):
+            continue
+        finite = np.isfinite(a) if isinstance(a, np.ndarray) else jnp.isfinite(a)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(
+                f"{name}: {arg} has {bad} NaN or inf entries (shape {a.shape}); expected finite "
+                "values"
+            )
+
+
+def _as_pair(name: str, a, b, names: tuple[str, str] = ("pred", "mask")):
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     _check_pair(name, a, b)
+    _check_finite(name, **{names[0]: a, names[1]: b})
     return a, b
 
 
@@ -66,6 +86,7 @@ def psnr(
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / MSE)``."""
     x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
     _check_pair("psnr", x, ref)
+    _check_finite("psnr", x=x, ref=ref)
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0, got {data_range}")
     return _psnr(x, ref, data_range, batch=_is_batch(x, batched), reduce=reduce)
@@ -87,6 +108,7 @@ def relative_error(
     """``||x - ref|| / ||ref||`` per sample."""
     x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
     _check_pair("relative_error", x, ref)
+    _check_finite("relative_error", x=x, ref=ref)
     return _relative_error(x, ref, batch=_is_batch(x, batched), reduce=reduce)
 
 
@@ -109,6 +131,7 @@ def ssim(
     """Structural similarity (scikit-image) of HW / HWC images or NHWC batches."""
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     _check_pair("ssim", x, ref)
+    _check_finite("ssim", x=x, ref=ref)
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0, got {data_range}")
     batch = _is_batch(x, batched)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
@@ -65,6 +66,19 @@ def _check_input(x, channels: int, who: str, name: str = "x") -> None:
     if x.shape[-1] != channels:
         raise ValueError(
             f"{who}: {name} must have {channels} channels, got {x.shape[-1]} (shape {x.shape})"
+        )
+
+
+def _check_finite(x, who: str, name: str = "x") -> None:
+    """ValueError if a concrete ``x`` has a NaN or inf entry (tracers are not checked)."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    finite = jnp.isfinite(x)
+    if not bool(finite.all()):
+        samples = sorted({int(i) for i in jnp.nonzero(~finite.all(axis=(1, 2, 3)))[0]})
+        raise ValueError(
+            f"{who}: {name} has {int((~finite).sum())} NaN or inf entries (in samples "
+            f"{samples[:10]}); expected finite values (one would spread over the whole sample)"
         )
 
 
@@ -107,6 +121,10 @@ class AffineCoupling(Bijector):
 
     ``conv1``, ``conv2``, ``out`` are the conditioner's convs (``out`` starts at zero);
     ``scale`` (per channel, ones at init) bounds the log-scale: s = scale · tanh(s_raw).
+
+    Non-finite input is not checked here (only by :class:`Flow`): a NaN or inf entry, masked or
+    not (``0 · NaN = NaN``), reaches the conditioner and spreads through its three 3×3 convs to
+    the 7×7 neighbourhood in ``y`` and to that sample's log-det; other samples are unaffected.
     """
 
     def __init__(self, channels: int, hidden: int, parity: int, *, rngs: nnx.Rngs):
@@ -148,7 +166,11 @@ class AffineCoupling(Bijector):
 
 
 class ActNorm(Bijector):
-    """Per-channel affine y = (x − bias)·exp(log_scale); zeros at init (the identity)."""
+    """Per-channel affine y = (x − bias)·exp(log_scale); zeros at init (the identity).
+
+    Elementwise, so a NaN or inf entry of ``x`` stays in that entry of ``y`` (not checked here,
+    only by :class:`Flow`); the log-det does not depend on ``x``.
+    """
 
     def __init__(self, channels: int, *, rngs: nnx.Rngs | None = None):
         del rngs  # no random parameters; accepted for a uniform constructor signature
@@ -171,7 +193,15 @@ class ActNorm(Bijector):
 
 class Flow(Bijector):
     """RealNVP stack: ``couplings`` affine couplings of parity 0, 1, 0, …, each followed by
-    an :class:`ActNorm` when ``actnorm`` is true. ``layers`` holds them in forward order."""
+    an :class:`ActNorm` when ``actnorm`` is true. ``layers`` holds them in forward order.
+
+    Non-finite input: every coupling spreads a NaN or inf entry over a 7×7 neighbourhood (see
+    :class:`AffineCoupling`), so a single NaN pixel makes the whole sample and its log-det
+    non-finite. ``forward_and_log_det``, ``inverse_and_log_det`` (and so ``forward``,
+    ``inverse``, ``log_prob``) therefore raise ``ValueError`` for a concrete input with a NaN or
+    inf entry. Under ``jax.jit``/``grad`` the values are unknown when tracing: no check, and NaN
+    propagates as described.
+    """
 
     def __init__(
         self,
@@ -193,6 +223,7 @@ class Flow(Bijector):
 
     def forward_and_log_det(self, x: Image) -> tuple[Image, LogDet]:
         _check_input(x, self.channels, "Flow.forward")
+        _check_finite(x, "Flow.forward")
         total = jnp.zeros((x.shape[0],), jnp.float32)
         for layer in self.layers:
             x, logdet = layer.forward_and_log_det(x)
@@ -201,6 +232,7 @@ class Flow(Bijector):
 
     def inverse_and_log_det(self, y: Image) -> tuple[Image, LogDet]:
         _check_input(y, self.channels, "Flow.inverse", "y")
+        _check_finite(y, "Flow.inverse", "y")
         total = jnp.zeros((y.shape[0],), jnp.float32)
         for layer in reversed(self.layers):
             y, logdet = layer.inverse_and_log_det(y)

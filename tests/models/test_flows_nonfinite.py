@@ -1,0 +1,63 @@
+"""One NaN pixel in a flow's input: Flow raises at its public entry; the single layers spread it
+as their docstrings state (coupling: the 7x7 neighbourhood and that sample's log-det)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from models.flows import ActNorm, AffineCoupling, Flow
+
+X = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 1)), jnp.float32)
+BAD = X.at[0, 6, 6, 0].set(jnp.nan)
+
+
+def _perturbed(module):
+    """A coupling whose conditioner is not zero (a fresh one is the identity)."""
+    for layer in [module] if isinstance(module, AffineCoupling) else module.layers:
+        if isinstance(layer, AffineCoupling):
+            shape = layer.out.kernel[...].shape
+            layer.out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), shape)
+    return module
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_flow_rejects_a_non_finite_pixel(value):
+    flow = _perturbed(Flow(1, 8, 2, rngs=nnx.Rngs(0)))
+    bad = X.at[0, 6, 6, 0].set(value)
+    for method, name in [
+        (flow.forward_and_log_det, "x"),
+        (flow.inverse_and_log_det, "y"),
+        (flow.forward, "x"),
+        (flow.inverse, "y"),
+        (flow.log_prob, "x"),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"{name} has 1 NaN or inf entries \(in samples \[0\]\)"
+        ):
+            method(bad)
+    y, logdet = flow.forward_and_log_det(X)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(logdet))
+
+
+def test_under_jit_the_flow_propagates_nan_over_the_sample():
+    flow = _perturbed(Flow(1, 8, 2, rngs=nnx.Rngs(0)))
+    jitted = nnx.jit(lambda f, x: f.forward_and_log_det(x))
+    y, logdet = jitted(flow, BAD)
+    assert not np.any(np.isfinite(np.asarray(y[0])[3:10, 3:10]))  # spread around the pixel
+    assert np.isnan(logdet[0])
+    np.testing.assert_array_equal(y[1], jitted(flow, X)[0][1])  # the other sample is untouched
+
+
+def test_layers_document_how_nan_spreads():
+    coupling = _perturbed(AffineCoupling(1, 8, 0, rngs=nnx.Rngs(0)))
+    y, logdet = coupling.forward_and_log_det(BAD)
+    bad = ~np.isfinite(np.asarray(y[0, ..., 0]))
+    rows, cols = np.nonzero(bad)
+    assert bad.sum() == 49 and (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 9, 3, 9)
+    assert np.isnan(logdet[0]) and np.isfinite(logdet[1])
+    y, logdet = ActNorm(1).forward_and_log_det(BAD)
+    assert (~np.isfinite(np.asarray(y))).sum() == 1 and np.all(np.isfinite(logdet))
