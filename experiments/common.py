@@ -173,6 +173,7 @@ def trained_seed_unet(
     skips: bool = True,
     size: int = 32,
     progress: bool = False,
+    init_key: int = 0,
 ):
     """The seed U-Net trained on synthetic segmentation scenes, from the model cache if present.
 
@@ -182,6 +183,8 @@ def trained_seed_unet(
     cache (``$INVERSION_CACHE`` or ``.cache/models``) is keyed by model, init key, training
     config and data, so every experiment shares one training run. ``skips=False``: the same
     architecture, init key, data and training without the skip connections (a ``models.UNet``).
+    ``init_key``: the key of the weights' initialisation (0: the seed U-Net every experiment
+    shares; others for the spread over seeds in ``experiments.unet_verdict``).
     """
     import jax
     from flax import nnx
@@ -193,7 +196,8 @@ def trained_seed_unet(
             f"train_profile must be one of {sorted(SEED_UNET_TRAINING)}, got {train_profile!r}"
         )
     sizes = SEED_UNET_TRAINING[train_profile]
-    init_key = 0  # the weights' init key: part of the cache key (one seed for now)
+    if not isinstance(init_key, int) or isinstance(init_key, bool) or init_key < 0:
+        raise ValueError(f"init_key must be a non-negative int, got {init_key!r}")
     train_set = models.data.synthetic_scenes(jax.random.key(0), sizes["n_train"], size=size)
     test_set = models.data.synthetic_scenes(jax.random.key(1), 128, size=size)
     steps = sizes["steps"]

@@ -65,20 +65,19 @@ from experiments.common import (
     TrainProfile,
     cli,
     experiment_dir,
-    reference,
     save_figure,
     trained_seed_unet,
     write_metrics,
 )
 from experiments.config import ExperimentConfig, select_profile
-from inversion.analysis.jacobian import summarize_spectrum
+from experiments.unet_verdict import describe, output_verdict, references
+from inversion.analysis import PRECISIONS, certify_batch, summarize
 from inversion.engine import invert_batch
 from inversion.metrics import psnr, relative_error
 
 NAME = "unet_layerwise"
 SIZE = 16  # inputs: the centre SIZE x SIZE crops of test scenes (input dimension 256)
 FAILED_ERROR = 0.1  # image relative error above which a reconstruction counts as failed
-EFFECTIVE_RTOL = 1e-3  # "effective rank": singular values above this fraction of sigma_1
 VARIANTS = {"skips": True, "no_skips": False}
 
 
@@ -91,6 +90,8 @@ class Config(ExperimentConfig):
     lr: float = 0.05  # peak of the cosine-decayed learning rate
     seed: int = 0  # numpy seed of the shared start clip(0.5 + 0.1 N(0, I))
     train_profile: TrainProfile = "default"  # training sizes of the two U-Nets
+    init_keys: tuple[int, ...] = (0, 1, 2)  # U-Net init keys of the output verdict's spread
+    verdict_scenes: int = 6  # full 32x32 test scenes certified for the output verdict
 
 
 def get_config(profile: str = "default") -> Config:
@@ -98,9 +99,9 @@ def get_config(profile: str = "default") -> Config:
     ``'full'``: 12 x 2,000."""
     return select_profile(
         profile,
-        quick=Config(images=2, steps=200, train_profile="quick"),
+        quick=Config(images=2, steps=200, train_profile="quick", init_keys=(0,), verdict_scenes=2),
         default=Config(),
-        full=Config(images=12, steps=2000),
+        full=Config(images=12, steps=2000, verdict_scenes=16),
     )
 
 
@@ -187,62 +188,63 @@ def _invert_layers(model, x_true, *, steps, lr, seed):
     return names, per_layer, x_hat
 
 
-def singular_values(jac: np.ndarray) -> np.ndarray:
-    """Singular values of a tall ``(m, n)`` matrix as ``sqrt(eig(J^T J))`` in float64.
+def _certificates(model, inputs) -> dict:
+    """Per layer, the float64 certificate of ``d Phi_l / d x`` at every input
+    (``inversion.analysis.certify_batch`` on the dict of named activations: one Jacobian per
+    input, one certificate per layer), summarised over the inputs at the three precisions
+    (``inversion.analysis.summarize``): the largest nullity, the largest condition number and
+    the smallest ``sigma_min`` over the inputs."""
+    names = models.layer_names(model)
+    graphdef, params = nnx.split(model)
 
-    The eigenvalues carry an absolute error of about ``1e-16 sigma_1^2``, so every singular
-    value above ``~1e-8 sigma_1`` is exact to float32 precision, far below the rank threshold
-    ``max(m, n) eps_32 sigma_1 >= 3e-5 sigma_1``. (LAPACK's SVD of the tall blocks was 5-20x
-    slower next to XLA's thread pool on 2 cores.)
-    """
-    gram = jac.T @ jac
-    return np.sqrt(np.maximum(np.linalg.eigvalsh(gram), 0.0))[::-1]
+    def layers(x):
+        acts = nnx.merge(graphdef, params).features(x[None])
+        return {n: acts[n][0] for n in names}
 
-
-def _jacobian_ranks(model, inputs):
-    """Numerical rank, nullity and effective rank of each layer's Jacobian at every input;
-    aggregated as the smallest rank (largest nullity) over the inputs.
-
-    ``J = d Phi / d x`` of the stacked activations is built once per input by forward-mode
-    autodiff (the ``jacfwd`` of :func:`inversion.analysis.dense_jacobian`, vmapped over the
-    inputs so it compiles once); each layer's rows are one block, summarised by
-    :func:`inversion.analysis.summarize_spectrum`.
-    """
-    feats, names = stacked_features(model)
-    seg, _ = _segments(model, names, inputs.shape[1:])
-    jacs = np.asarray(jax.jit(jax.vmap(jax.jacfwd(feats)))(inputs), np.float64)
-    jacs = jacs.reshape(inputs.shape[0], seg.size, -1)  # (images, D, n_in)
-    n_in = jacs.shape[2]
-    rows = {n: [] for n in names}
-    for jac in jacs:
-        for i, name in enumerate(names):
-            block = jac[seg == i]
-            s = singular_values(block)
-            spec = summarize_spectrum(s, n_in=n_in, n_out=block.shape[0])
-            eff = summarize_spectrum(
-                s, n_in=n_in, n_out=block.shape[0], tol=EFFECTIVE_RTOL * float(s[0])
-            )
-            rows[name].append(
-                {
-                    "rank": spec.rank,
-                    "nullity": spec.nullity,
-                    "effective_rank": eff.rank,
-                    "condition_number": spec.condition_number,
-                    "n_in": n_in,
-                    "n_out": spec.n_out,
-                }
-            )
-    return {
-        n: {
-            "rank": min(r["rank"] for r in v),
-            "nullity": max(r["nullity"] for r in v),
-            "effective_rank": min(r["effective_rank"] for r in v),
-            "condition_number": max(r["condition_number"] for r in v),
-            "n_in": n_in,
-            "n_out": v[0]["n_out"],
-            "per_image": v,
+    certs = certify_batch(layers, np.asarray(inputs, np.float32))
+    out = {}
+    for name in names:
+        s = summarize([c[name] for c in certs])
+        out[name] = {
+            "nullity": s["exact"]["max_nullity"],
+            "nullity_float32": s["float32"]["max_nullity"],
+            "nullity_8bit": s["8-bit"]["max_nullity"],
+            "condition_number": s["condition_number_range"][1],
+            "sigma_min": s["sigma_min_range"][0],
+            "n_in": s["n_in"],
+            "n_out": s["n_out"],
+            "nullity_per_image": {p: s[p]["nullity_per_input"] for p in PRECISIONS},
         }
-        for n, v in rows.items()
+    return out
+
+
+def classify(per_layer: dict) -> dict:
+    """The layers in each class, from their certificates and reconstruction errors:
+
+    * ``lossy``: exact nullity > 0 at some input (the network destroys input directions);
+    * ``lost_below_float32``: exact nullity 0 but float32 nullity > 0 (the directions exist
+      but no float32 computation can resolve them);
+    * ``optimiser_limited``: float32 nullity 0 (the input is determined even in float32), yet
+      the image error exceeds ``FAILED_ERROR``: the optimiser did not find it;
+    * ``lost_at_8bit``: nullity at 1/255 > 0 (not recoverable from 8-bit-accurate features);
+    * ``recovered``: image error <= ``FAILED_ERROR``.
+    """
+    layers = list(per_layer)
+    return {
+        "lossy": [n for n in layers if per_layer[n]["nullity"] > 0],
+        "lost_below_float32": [
+            n
+            for n in layers
+            if per_layer[n]["nullity"] == 0 and per_layer[n]["nullity_float32"] > 0
+        ],
+        "optimiser_limited": [
+            n
+            for n in layers
+            if per_layer[n]["nullity_float32"] == 0
+            and per_layer[n]["relative_error"] > FAILED_ERROR
+        ],
+        "lost_at_8bit": [n for n in layers if per_layer[n]["nullity_8bit"] > 0],
+        "recovered": [n for n in layers if per_layer[n]["relative_error"] <= FAILED_ERROR],
     }
 
 
@@ -265,14 +267,6 @@ def _plot_curves(path, results, keys, title):
             layers = results[variant]["per_layer"]
             xs = [order.index(n) for n in layers]
             ax.plot(xs, [layers[n][key] for n in layers], style, label=variant.replace("_", " "))
-        if key == "rank":
-            ax.axhline(
-                results["skips"]["per_layer"]["enc1"]["n_in"],
-                color="k",
-                lw=0.8,
-                ls=":",
-                label="input dimension",
-            )
         if log:
             ax.set_yscale("log")
         ax.set_xticks(range(len(order)), order, rotation=60, fontsize=8)
@@ -326,21 +320,14 @@ def run(config: Config, out: pathlib.Path) -> dict:
         names, per_layer, images[variant] = _invert_layers(
             model, x_true, steps=config.steps, lr=config.lr, seed=config.seed
         )
-        jac = _jacobian_ranks(model, x_true)
+        certs = _certificates(model, x_true)
         for name in names:
-            per_layer[name].update({k: v for k, v in jac[name].items() if k != "per_image"})
-            per_layer[name]["jacobian_per_image"] = jac[name]["per_image"]
+            per_layer[name].update(certs[name])
         results[variant] = {
             "layers": names,
             "test_dice": history["eval"][-1]["dice"],
             "per_layer": per_layer,
-            "lossy": [n for n in names if per_layer[n]["nullity"] > 0],
-            "optimiser_limited": [
-                n
-                for n in names
-                if per_layer[n]["nullity"] == 0 and per_layer[n]["relative_error"] > FAILED_ERROR
-            ],
-            "recovered": [n for n in names if per_layer[n]["relative_error"] <= FAILED_ERROR],
+            **classify(per_layer),
         }
     _plot_curves(
         directory / "layerwise_error.png",
@@ -356,38 +343,24 @@ def run(config: Config, out: pathlib.Path) -> dict:
         directory / "layerwise_rank.png",
         results,
         [
-            ("rank", f"Jacobian rank ({SIZE}x{SIZE} input)", False),
-            ("effective_rank", f"rank at sigma > {EFFECTIVE_RTOL:g} sigma_1", False),
+            ("nullity", "nullity, exact (float64)", False),
+            ("nullity_float32", "nullity below float32 rounding", False),
+            ("nullity_8bit", "nullity at 8-bit precision (1/255)", False),
             ("condition_number", "condition number", True),
         ],
-        "local information of each layer about the input (dense Jacobian at x0)",
+        f"input directions each layer loses ({SIZE}x{SIZE} inputs, of {SIZE * SIZE}; "
+        "max over images; inversion.analysis.certify)",
     )
     _plot_grid(directory / "layerwise_reconstructions.png", results, np.asarray(x_true), images)
-    out_skip, out_plain = (results[v]["per_layer"]["out"] for v in VARIANTS)
+    verdict = output_verdict(
+        train_profile=config.train_profile, init_keys=config.init_keys, scenes=config.verdict_scenes
+    )
+    print(describe(verdict))
     metrics = {
-        "constants": {
-            "size": SIZE,
-            "failed_error": FAILED_ERROR,
-            "effective_rtol": EFFECTIVE_RTOL,
-        },
+        "constants": {"size": SIZE, "failed_error": FAILED_ERROR},
         **results,
-        "references": [
-            reference(
-                "U-Net output (with skips) loses input information (Jacobian nullity of out > 0)",
-                "cannot be inverted exactly",
-                {
-                    "out_nullity": out_skip["nullity"],
-                    "out_condition_number": out_skip["condition_number"],
-                    "out_image_relative_error": out_skip["relative_error"],
-                    "out_psnr": out_skip["psnr"],
-                    "no_skips_out_nullity": out_plain["nullity"],
-                    "lossy_layers": results["skips"]["lossy"],
-                    "optimiser_limited_layers": results["skips"]["optimiser_limited"],
-                },
-                out_skip["nullity"] > 0,
-                source="seed study (measured: Jacobian rank at x0)",
-            )
-        ],
+        "output_verdict": verdict,
+        "references": references(verdict),
     }
     write_metrics(directory, metrics, config)
     return metrics
