@@ -51,22 +51,27 @@ def output_verdict(*, train_profile: str, init_keys: tuple[int, ...], scenes: in
     """Certificates of the U-Net output (with and without skips) at the first ``scenes`` test
     scenes, for each init key; cached in-process so every experiment of a run shares them.
 
-    Returns ``{variant: {init_key: {"summary": summarize(...), "test_dice": ...}}}`` plus
+    Returns ``{variant: {str(init_key): {"summary": summarize(...), "test_dice": ...}}}`` (string
+    keys, as ``metrics.json`` stores them) plus
     ``"per_precision"``: for each precision, per variant, the scenes with nullity > 0 for each
     key (``lossy_scenes``) and the largest nullity over keys and scenes (``max_nullity``)."""
     if not init_keys or scenes < 1:
         raise ValueError(f"need init keys and scenes >= 1, got {init_keys!r}, {scenes!r}")
     out = {
         variant: {
-            int(k): _certify_outputs(train_profile, skips, int(k), int(scenes)) for k in init_keys
+            str(k): _certify_outputs(train_profile, skips, int(k), int(scenes)) for k in init_keys
         }
         for variant, skips in VARIANTS.items()
     }
     out["per_precision"] = {
         p: {
             variant: {
-                "lossy_scenes": [out[variant][k]["summary"][p]["lossy_inputs"] for k in init_keys],
-                "max_nullity": max(out[variant][k]["summary"][p]["max_nullity"] for k in init_keys),
+                "lossy_scenes": [
+                    out[variant][str(k)]["summary"][p]["lossy_inputs"] for k in init_keys
+                ],
+                "max_nullity": max(
+                    out[variant][str(k)]["summary"][p]["max_nullity"] for k in init_keys
+                ),
             }
             for variant in VARIANTS
         }
@@ -80,7 +85,7 @@ def references(verdict: dict) -> list[dict]:
     """One reference row per precision, from :func:`output_verdict` (see module docstring)."""
     rows = []
     keys, scenes = verdict["init_keys"], verdict["scenes"]
-    conds = [verdict["skips"][k]["summary"]["condition_number_range"] for k in keys]
+    conds = [verdict["skips"][str(k)]["summary"]["condition_number_range"] for k in keys]
     for p in PRECISIONS:
         seed, plain = verdict["per_precision"][p]["skips"], verdict["per_precision"][p]["no_skips"]
         rows.append(
