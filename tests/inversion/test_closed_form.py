@@ -15,6 +15,16 @@ from inversion.closed_form import (
 )
 
 RNG = np.random.default_rng(7)
+EPS32, EPS64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
+
+
+def assert_rounded(got, ref, W):
+    """affine_inverse solves in float64 (error ~ n cond(W) eps64 max|x|) and rounds the result
+    once to float32 (<= eps32 / 2 relative per entry)."""
+    s = np.linalg.svd(np.asarray(W, np.float64), compute_uv=False)
+    s = s[s > s[0] * 1e-12]
+    atol = 16 * max(np.shape(W)) * s[0] / s[-1] * EPS64 * np.abs(ref).max()
+    np.testing.assert_allclose(got, ref, rtol=EPS32, atol=atol)
 
 
 def test_square_invertible_is_exact():
@@ -23,8 +33,10 @@ def test_square_invertible_is_exact():
     x = RNG.normal(size=4)
     res = affine_inverse(W, b, W @ x + b)
     assert res.kind == "exact" and res.rank == 4 and res.null_space.shape == (4, 0)
-    np.testing.assert_allclose(res.x, x, rtol=1e-5, atol=1e-6)
-    assert float(res.residual) < 1e-6
+    assert_rounded(res.x, x, W)
+    # float64 backward error of the SVD solve: <= 16 n eps64 ||W|| ||x|| / ||y|| (measured 3e-15)
+    scale = np.linalg.norm(W, 2) * np.linalg.norm(x) / np.linalg.norm(W @ x + b)
+    assert float(res.residual) <= 16 * 4 * EPS64 * scale
 
 
 def test_overdetermined_least_squares_matches_lstsq():
@@ -34,9 +46,9 @@ def test_overdetermined_least_squares_matches_lstsq():
     res = affine_inverse(W, b, y)
     expected = np.linalg.lstsq(W, y - b, rcond=None)[0]
     assert res.kind == "least_squares" and res.rank == 3
-    np.testing.assert_allclose(res.x, expected, rtol=1e-5, atol=1e-6)
+    assert_rounded(res.x, expected, W)
     resid = np.linalg.norm(W @ expected + b - y) / np.linalg.norm(y)
-    np.testing.assert_allclose(res.residual, resid, rtol=1e-5)
+    np.testing.assert_allclose(res.residual, resid, rtol=EPS32)  # float64, rounded once
     assert float(res.residual) > 0.01
 
 
@@ -46,15 +58,19 @@ def test_underdetermined_minimum_norm_and_null_space():
     y = RNG.normal(size=3)
     res = affine_inverse(W, b, y)
     assert res.kind == "minimum_norm" and res.rank == 3
-    np.testing.assert_allclose(res.x, np.linalg.pinv(W) @ (y - b), rtol=1e-5, atol=1e-6)
+    assert_rounded(res.x, np.linalg.pinv(W) @ (y - b), W)
     N = np.asarray(res.null_space, np.float64)
     assert N.shape == (6, 3)
-    np.testing.assert_allclose(N.T @ N, np.eye(3), atol=1e-6)  # orthonormal
-    np.testing.assert_allclose(W @ N, 0.0, atol=1e-6)  # W N = 0
+    # N is an orthonormal float64 basis rounded to float32 (|dN| <= u |N|, u = eps32 / 2):
+    # |N^T N - I| <= 2 u sum_k |N_ki| |N_kj| <= eps32 and |W N| <= u ||W_i|| (Cauchy-Schwarz)
+    np.testing.assert_allclose(N.T @ N, np.eye(3), rtol=0, atol=EPS32)  # orthonormal
+    np.testing.assert_allclose(W @ N, 0.0, atol=EPS32 / 2 * np.linalg.norm(W, axis=1).max())
     # every x + N z solves the system equally well; x is the shortest one
     z = RNG.normal(size=3)
     other = np.asarray(res.x) + N @ z
-    np.testing.assert_allclose(W @ other + b, y, atol=1e-5)
+    # the float32 roundings of x and N: <= u ||W_i|| (||x|| + sqrt(3) ||z||), plus float64
+    atol = EPS32 * np.linalg.norm(W, axis=1).max() * (np.linalg.norm(res.x) + 2 * np.linalg.norm(z))
+    np.testing.assert_allclose(W @ other + b, y, rtol=0, atol=atol)
     assert np.linalg.norm(other) > np.linalg.norm(res.x)
 
 
@@ -65,7 +81,7 @@ def test_rank_deficient_square_and_batched_y():
     res = affine_inverse(W, None, ys)
     assert res.rank == 2 and res.kind == "minimum_norm" and res.null_space.shape == (4, 2)
     assert res.x.shape == (5, 4) and res.residual.shape == (5,)
-    np.testing.assert_allclose(res.x, ys @ np.linalg.pinv(W).T, rtol=1e-4, atol=1e-5)
+    assert_rounded(res.x, ys @ np.linalg.pinv(W).T, W)  # cond of the rank-2 part: 2.4
 
 
 def test_affine_inverse_rejects_bad_shapes_and_values():
@@ -82,13 +98,25 @@ def test_affine_inverse_rejects_bad_shapes_and_values():
 
 def test_activation_inverses_round_trip():
     x = jnp.linspace(-4.0, 4.0, 17)
-    np.testing.assert_allclose(sigmoid_inverse(jax.nn.sigmoid(x)), x, atol=2e-4)
-    np.testing.assert_allclose(tanh_inverse(jnp.tanh(x / 2)), x / 2, atol=2e-4)
-    np.testing.assert_allclose(leaky_relu_inverse(jax.nn.leaky_relu(x, 0.1), 0.1), x, atol=1e-6)
-    np.testing.assert_allclose(sigmoid_inverse(jnp.asarray(0.25)), np.log(1 / 3), rtol=1e-6)
+    xn = np.asarray(x, np.float64)
+    a = np.abs(xn)
+    # y = f(x) is off by a few ulps (<= 2 eps32 |y| for sigmoid, tanh); the inverse amplifies
+    # that by |y / f'(x)|: 1 + e^|x| for the logit, sinh|x| / 2 for artanh(tanh(x / 2)); plus
+    # the inverse's own rounding (~eps32 |x|)
+    err = np.abs(np.asarray(sigmoid_inverse(jax.nn.sigmoid(x)), np.float64) - xn)
+    assert np.all(err <= 2 * EPS32 * (1 + np.exp(a) + a))  # measured <= 0.5 of it
+    err = np.abs(np.asarray(tanh_inverse(jnp.tanh(x / 2)), np.float64) - xn / 2)
+    assert np.all(err <= 2 * EPS32 * (1 + np.sinh(a) + a / 2))
+    # leaky ReLU: a product then a quotient by the same float32 slope: two roundings
+    np.testing.assert_allclose(
+        leaky_relu_inverse(jax.nn.leaky_relu(x, 0.1), 0.1), x, rtol=EPS32, atol=0
+    )
+    # logit(0.25) = log(0.25 / 0.75): one rounded quotient (u / |log 1/3|) and a log (~u)
+    np.testing.assert_allclose(sigmoid_inverse(jnp.asarray(0.25)), np.log(1 / 3), rtol=2 * EPS32)
     # under jit (no range check possible there) the values agree
-    np.testing.assert_allclose(jax.jit(sigmoid_inverse)(jnp.asarray([0.25])), np.log(1 / 3),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(sigmoid_inverse)(jnp.asarray([0.25])), np.log(1 / 3), rtol=2 * EPS32
+    )
 
 
 def test_activation_inverses_reject_out_of_range():

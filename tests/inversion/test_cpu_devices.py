@@ -10,11 +10,21 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 
 from inversion import cpu_devices
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+EPS32 = float(np.finfo(np.float32).eps)
+STEPS = 30  # Adam steps in SCRIPT
+
+
+def rounding_bound(out) -> float:
+    """A batch and one row at a time are different float32 programs of the same STEPS-step run:
+    each step rounds at eps32 relative to max|x|, independently in the two."""
+    return STEPS * EPS32 * max(1.0, out["max_abs"])
+
 
 SCRIPT = textwrap.dedent(
     """
@@ -39,6 +49,7 @@ SCRIPT = textwrap.dedent(
         "batch_devices": len(batch.x.sharding.device_set),
         "max_diff": max(float(np.max(np.abs(np.asarray(batch.x[i]) - np.asarray(r.x))))
                         for i, r in enumerate(rows)),
+        "max_abs": max(float(np.max(np.abs(np.asarray(r.x)))) for r in rows),
         "mesh_1": cpu_devices.cpu_mesh(1) is not None,
         "mesh_2": cpu_devices.cpu_mesh(2) is not None,
         "reconfigured": cpu_devices.configure(3),
@@ -49,21 +60,30 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(**env_extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", cpu_devices.ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", cpu_devices.ENV)
+    }
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **env_extra)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def test_import_configures_two_devices_and_batches_split_over_them():
     out = _run(INVERSION_CPU_DEVICES="2")
     assert out["cpu_devices"] == 2
     assert out["batch_devices"] == 2  # 9 rows: padded to 10, 5 per device
-    assert out["max_diff"] < 1e-5  # the same answer as one target at a time on one device
+    assert out["max_diff"] <= rounding_bound(out)  # as one target at a time on one device
     assert (out["mesh_1"], out["mesh_2"]) == (False, True)  # >= 1 row per device
     assert out["reconfigured"] is False  # the backend has started: the count is fixed
 
@@ -71,7 +91,7 @@ def test_import_configures_two_devices_and_batches_split_over_them():
 def test_nothing_changes_once_jax_has_run():
     out = _run(INVERSION_CPU_DEVICES="2", RUN_JAX_FIRST="1")
     assert out["cpu_devices"] == 1 and out["batch_devices"] == 1
-    assert out["max_diff"] < 1e-5
+    assert out["max_diff"] <= rounding_bound(out)
 
 
 def test_bad_counts_raise():
