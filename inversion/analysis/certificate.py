@@ -131,16 +131,30 @@ def _check(fn, x, rtol, method, k, dense_limit, block):
 
 
 def _output_dtype64(fn, x):
-    """Shape-dtype of ``fn`` at ``x`` cast to float64 (call under x64); warns when ``fn``
-    casts down internally, since its Jacobian is then only as accurate as that dtype."""
+    """``(y, jacobian_dtype, input_dtype)``: the shape-dtype of ``fn`` at ``x`` cast to float64
+    (call under x64). Warns when ``fn`` casts down internally (its Jacobian is then only as
+    accurate as that dtype), and when ``fn`` refuses a float64 input altogether (e.g. a ``lax``
+    op with float32 weights): the Jacobian is then taken at ``x``'s own dtype."""
     order = []  # a dict's own key order (eval_shape returns dicts with sorted keys)
 
     def probe(z):
+        order.clear()
         out = fn(z)
         order.extend(out if isinstance(out, dict) else ())
         return out
 
-    y = jax.eval_shape(probe, jax.ShapeDtypeStruct(np.shape(x), jnp.float64))
+    input_dtype = jnp.float64
+    try:
+        y = jax.eval_shape(probe, jax.ShapeDtypeStruct(np.shape(x), jnp.float64))
+    except TypeError as err:
+        input_dtype = x.dtype
+        y = jax.eval_shape(probe, jax.ShapeDtypeStruct(np.shape(x), input_dtype))
+        warnings.warn(
+            f"fn does not accept a float64 input ({str(err).splitlines()[0]}); its Jacobian is "
+            f"taken in {input_dtype}, so the exact nullity refers to that precision",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     if isinstance(y, dict):
         y = {name: y[name] for name in order}
     leaves = jax.tree.leaves(y)
@@ -154,10 +168,10 @@ def _output_dtype64(fn, x):
             RuntimeWarning,
             stacklevel=4,
         )
-    return y, (low[0] if low else "float64")
+    return y, (low[0] if low else str(jnp.dtype(input_dtype))), input_dtype
 
 
-def _jacobian_builder(fn, x_shape, block: int):
+def _jacobian_builder(fn, x_shape, block: int, dtype=jnp.float64):
     """``jac(x) -> (m, n)`` float64 NumPy Jacobian of ``fn`` at ``x`` (call under x64).
 
     ``fn``'s outputs (an array or a pytree of arrays) are flattened and concatenated. Tall maps
@@ -168,7 +182,7 @@ def _jacobian_builder(fn, x_shape, block: int):
     def flat(x):
         return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(fn(x))])
 
-    m = int(jax.eval_shape(flat, jax.ShapeDtypeStruct(x_shape, jnp.float64)).size)
+    m = int(jax.eval_shape(flat, jax.ShapeDtypeStruct(x_shape, dtype)).size)
     n = int(np.prod(x_shape))
     tall = m >= n
 
@@ -183,13 +197,14 @@ def _jacobian_builder(fn, x_shape, block: int):
     size = n if tall else m
 
     def jac(x):
-        x = jnp.asarray(x, jnp.float64)
+        x = jnp.asarray(x, dtype)
         parts = []
         for start in range(0, size, block):
             stop = min(start + block, size)
             basis = np.zeros((min(block, size), size))
             basis[np.arange(stop - start), np.arange(start, stop)] = 1.0
-            parts.append(np.asarray(products(x, jnp.asarray(basis)))[: stop - start])
+            products_block = products(x, jnp.asarray(basis, dtype))
+            parts.append(np.asarray(products_block, np.float64)[: stop - start])
         stacked = np.concatenate(parts)  # tall: the columns of J; wide: its rows
         return stacked.T if tall else stacked
 
@@ -246,10 +261,10 @@ def _certificate(
     )
 
 
-def _lanczos(fn, x, k, key, *, rtol, dtype, jacobian_dtype):
+def _lanczos(fn, x, k, key, *, rtol, dtype, jacobian_dtype, input_dtype):
     from matfree import decomp
 
-    x64 = jnp.asarray(x, jnp.float64)
+    x64 = jnp.asarray(x, input_dtype)
     m, n = int(jax.eval_shape(fn, x64).size), int(x64.size)
     if m < n:
         raise ValueError(
@@ -260,7 +275,7 @@ def _lanczos(fn, x, k, key, *, rtol, dtype, jacobian_dtype):
     if k > n:
         raise ValueError(f"k must be <= n = {n} for method='lanczos', got {k}")
     _, jvp = jax.linearize(fn, x64)
-    v0 = jax.random.normal(jax.random.key(0) if key is None else key, (n,), jnp.float64)
+    v0 = jax.random.normal(jax.random.key(0) if key is None else key, (n,), input_dtype)
     bidiag = decomp.bidiag(k, materialize=True, reortho="full")
     result = jax.jit(lambda v: bidiag(lambda z: jvp(z.reshape(x64.shape)).ravel(), v))(v0)
     (_, v_basis), b_small = result.Q_tall, np.asarray(result.J_small, np.float64)
@@ -295,13 +310,15 @@ def _certify_all(fn, xs, *, rtol, method, k, key, dense_limit, block):
     dtype = str(xs[0].dtype)
     n = int(np.prod(xs[0].shape))
     with jax.enable_x64(True):
-        y, jacobian_dtype = _output_dtype64(fn, xs[0])
+        y, jacobian_dtype, input_dtype = _output_dtype64(fn, xs[0])
         if isinstance(y, dict):
             if method == "lanczos":
                 raise ValueError("method='lanczos' needs fn to return one array, got a dict")
             names = list(y)
             sizes = [int(np.prod(y[name].shape)) for name in names]
-            jac = _jacobian_builder(lambda x: [fn(x)[name] for name in names], xs[0].shape, block)
+            jac = _jacobian_builder(
+                lambda x: [fn(x)[name] for name in names], xs[0].shape, block, input_dtype
+            )
             out = []
             for x in xs:
                 blocks = np.split(jac(x), np.cumsum(sizes)[:-1])
@@ -327,10 +344,19 @@ def _certify_all(fn, xs, *, rtol, method, k, key, dense_limit, block):
             method = "dense" if m * n <= dense_limit or m < n else "lanczos"
         if method == "lanczos":
             return [
-                _lanczos(fn, x, k, key, rtol=rtol, dtype=dtype, jacobian_dtype=jacobian_dtype)
+                _lanczos(
+                    fn,
+                    x,
+                    k,
+                    key,
+                    rtol=rtol,
+                    dtype=dtype,
+                    jacobian_dtype=jacobian_dtype,
+                    input_dtype=input_dtype,
+                )
                 for x in xs
             ]
-        jac = _jacobian_builder(fn, xs[0].shape, block)
+        jac = _jacobian_builder(fn, xs[0].shape, block, input_dtype)
         return [
             _from_dense(
                 jac(x), rtol=rtol, n_in=n, n_out=m, dtype=dtype, jacobian_dtype=jacobian_dtype
@@ -368,6 +394,16 @@ def certify(
     return _certify_all(
         fn, [x], rtol=rtol, method=method, k=k, key=key, dense_limit=dense_limit, block=block
     )[0]
+
+
+def jacobian64(fn: Callable[[Array], Array], x: Array, *, block: int = 256) -> np.ndarray:
+    """``d fn / d x`` at ``x`` as an ``(m, n)`` float64 NumPy matrix (inputs and outputs
+    flattened; a dict or pytree output is concatenated in its leaf order), computed in float64
+    as :func:`certify` computes it (``x`` cast to float64 under ``jax.enable_x64``)."""
+    x = _check(fn, x, None, "dense", None, 1, block)
+    with jax.enable_x64(True):
+        _, _, input_dtype = _output_dtype64(fn, x)
+        return _jacobian_builder(fn, x.shape, block, input_dtype)(x)
 
 
 def certify_batch(

@@ -5,14 +5,15 @@ For ``fn : R^n -> R^m`` (any array shapes, flattened) and ``J = d fn / d x`` at 
 * ``singular_values``: ``sigma_1 >= sigma_2 >= ...`` of ``J`` (all ``min(m, n)`` of them
   with ``method='dense'``; the top ``k`` with ``method='lanczos'``).
 * ``rank = #{sigma_i > tol}`` with ``tol = max(m, n) * eps * sigma_1`` by default, ``eps`` the
-  machine epsilon of ``x``'s dtype (float32: 1.19e-7), since ``J`` is computed in that
-  precision; ``nullity = n - rank``: the dimension of the input directions that the map
-  locally cannot see.
+  machine epsilon of ``x``'s dtype (float32: 1.19e-7): the rank *at working precision*, i.e.
+  ``n - certify(fn, x).effective_nullity``; ``nullity = n - rank``: the input directions the
+  map cannot resolve near ``x`` at that precision. For the exact (float64) nullity and every
+  statement of information loss use :func:`inversion.analysis.certify`.
 * ``log_volume = sum_{sigma_i > tol} log sigma_i`` (natural log): the log of the factor by
   which ``fn`` scales ``rank``-dimensional volume on the row space of ``J``.
 
-``method='dense'`` builds ``J`` with ``jax.jacfwd`` (tall maps) or ``jax.jacrev`` (wide maps)
-and takes numpy's SVD in float64. ``method='lanczos'`` never forms ``J``: it wraps
+``method='dense'`` builds ``J`` in float64 (:func:`dense_jacobian`, the Jacobian ``certify``
+uses) and takes numpy's SVD. ``method='lanczos'`` never forms ``J``: it wraps
 ``v -> J v`` (``jax.linearize``) and ``u -> J^T u`` (``jax.linear_transpose``) as a scipy
 ``LinearOperator`` and calls ARPACK through ``scipy.sparse.linalg.svds`` (implicitly
 restarted Lanczos on ``J^T J``). It then knows the rank exactly only when the ``k``-th value
@@ -31,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 from scipy.sparse.linalg import LinearOperator, svds
+
+from inversion.analysis.certificate import jacobian64
 
 _METHODS = ("auto", "dense", "lanczos")
 
@@ -57,9 +60,16 @@ class JacobianSpectrum(NamedTuple):
         return float(s[0] / s[self.n_in - 1]) if injective else float("inf")
 
 
-def summarize_spectrum(singular_values, *, n_in: int, n_out: int, tol: float | None = None,
-                       eps: float = float(np.finfo(np.float32).eps), complete: bool = True,
-                       method: str = "dense") -> JacobianSpectrum:
+def summarize_spectrum(
+    singular_values,
+    *,
+    n_in: int,
+    n_out: int,
+    tol: float | None = None,
+    eps: float = float(np.finfo(np.float32).eps),
+    complete: bool = True,
+    method: str = "dense",
+) -> JacobianSpectrum:
     """Rank, nullity and log-volume from a list of singular values (see module docstring)."""
     s = np.sort(np.asarray(singular_values, dtype=np.float64).ravel())[::-1]
     s = np.maximum(s, 0.0)
@@ -70,9 +80,15 @@ def summarize_spectrum(singular_values, *, n_in: int, n_out: int, tol: float | N
     if not complete and s.size and s[-1] <= tol:
         complete = True
     return JacobianSpectrum(
-        singular_values=s, rank=rank, nullity=n_in - rank,
-        log_volume=float(np.sum(np.log(kept))), n_in=n_in, n_out=n_out, tol=tol,
-        complete=bool(complete), method=method,
+        singular_values=s,
+        rank=rank,
+        nullity=n_in - rank,
+        log_volume=float(np.sum(np.log(kept))),
+        n_in=n_in,
+        n_out=n_out,
+        tol=tol,
+        complete=bool(complete),
+        method=method,
     )
 
 
@@ -110,18 +126,19 @@ def _check_finite_jacobian(finite: bool, bad: int, total: int, what: str = "entr
 def _finite_product(v) -> np.ndarray:
     """A Jacobian-vector product on host, checked (ARPACK fails obscurely on NaN)."""
     v = np.asarray(v, np.float64)
-    _check_finite_jacobian(np.isfinite(v).all(), int(np.sum(~np.isfinite(v))), v.size,
-                           "entries of a Jacobian-vector product")
+    _check_finite_jacobian(
+        np.isfinite(v).all(),
+        int(np.sum(~np.isfinite(v))),
+        v.size,
+        "entries of a Jacobian-vector product",
+    )
     return v
 
 
 def dense_jacobian(fn: Callable[[Array], Array], x: Array) -> Float[np.ndarray, "m n"]:
-    """``d fn / d x`` as an ``(m, n)`` float64 numpy matrix (inputs/outputs flattened)."""
-    x = jnp.asarray(x)
-    y = jax.eval_shape(fn, x)
-    m, n = int(np.prod(y.shape)), int(x.size)
-    jac = jax.jacfwd(fn) if m >= n else jax.jacrev(fn)
-    return np.asarray(jax.jit(jac)(x), dtype=np.float64).reshape(m, n)
+    """``d fn / d x`` as an ``(m, n)`` float64 numpy matrix (inputs/outputs flattened),
+    differentiated in float64 as :func:`~inversion.analysis.certificate.certify` does."""
+    return jacobian64(fn, x)
 
 
 def _lanczos(fn, x, k, key):
@@ -132,7 +149,8 @@ def _lanczos(fn, x, k, key):
     matvec = jax.jit(lambda v: jvp(v.reshape(x.shape).astype(dt)).ravel())
     rmatvec = jax.jit(lambda u: vjp(u.reshape(y.shape).astype(dt))[0].ravel())
     op = LinearOperator(
-        (m, n), dtype=np.float64,
+        (m, n),
+        dtype=np.float64,
         matvec=lambda v: _finite_product(matvec(jnp.asarray(np.ravel(v)))),
         rmatvec=lambda u: _finite_product(rmatvec(jnp.asarray(np.ravel(u)))),
     )
@@ -140,10 +158,16 @@ def _lanczos(fn, x, k, key):
     return svds(op, k=k, v0=v0, tol=1e-7, return_singular_vectors=False), m, n
 
 
-def jacobian_spectrum(fn: Callable[[Array], Array], x: Array, *, method: str = "auto",
-                      k: int | None = None, tol: float | None = None,
-                      key: Array | None = None, dense_limit: int = 4_000_000
-                      ) -> JacobianSpectrum:
+def jacobian_spectrum(
+    fn: Callable[[Array], Array],
+    x: Array,
+    *,
+    method: str = "auto",
+    k: int | None = None,
+    tol: float | None = None,
+    key: Array | None = None,
+    dense_limit: int = 4_000_000,
+) -> JacobianSpectrum:
     """Singular values of the Jacobian of ``fn`` at ``x``, its rank, nullity and log-volume.
 
     ``k`` (lanczos only) is how many of the largest values to compute, default
@@ -169,12 +193,14 @@ def jacobian_spectrum(fn: Callable[[Array], Array], x: Array, *, method: str = "
     s, m, n = _lanczos(fn, x, k, key)
     if tol is None:
         tol = max(m, n) * eps * float(np.max(s))
-    return summarize_spectrum(s, n_in=n, n_out=m, tol=tol, eps=eps, complete=False,
-                              method="lanczos")
+    return summarize_spectrum(
+        s, n_in=n, n_out=m, tol=tol, eps=eps, complete=False, method="lanczos"
+    )
 
 
-def layerwise_spectra(feature_fns: Mapping[str, Callable[[Array], Array]], x: Array,
-                      **kwargs) -> dict[str, JacobianSpectrum]:
+def layerwise_spectra(
+    feature_fns: Mapping[str, Callable[[Array], Array]], x: Array, **kwargs
+) -> dict[str, JacobianSpectrum]:
     """:func:`jacobian_spectrum` of each ``name -> fn`` (input to that intermediate) at ``x``.
 
     Ranks that fall along the forward order show where a network discards input directions.

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from inversion.analysis.jacobian import jacobian_spectrum
+from inversion.analysis.certificate import certify
 
 
 def _check(x, window, name="x"):
@@ -144,7 +144,7 @@ class PoolingLoss(NamedTuple):
     window: int
     n_in: int  # reals in the input
     n_windows: int  # reals in the output (one per window and channel)
-    rank: int  # numerical rank of the Jacobian at x (autodiff, dense)
+    rank: int  # exact rank of the Jacobian at x (float64 certificate, certify)
     nullity: int  # n_in - rank
     expected_nullity: float  # (1 - 1/k^2) n_in
     free_per_window: int  # k^2 - 1: dimension of each window's preimage
@@ -156,16 +156,23 @@ def pooling_loss(pool_fn: Callable[[Array], Array], x: Float[Array, "b h w c"], 
     """Measure the Jacobian rank of ``pool_fn`` at ``x`` and set it beside the window counts.
 
     ``pool_fn`` is any pooling callable (max, average, ...) mapping NHWC ``x`` to its
-    ``k x k`` / stride-``k`` pooled output; the rank comes from the dense autodiff Jacobian
-    (``jax.jacfwd``/``jax.jacrev``) with :func:`~inversion.analysis.jacobian.jacobian_spectrum`'s tolerance.
+    ``k x k`` / stride-``k`` pooled output; the rank is ``n_in`` minus the exact nullity of
+    :func:`~inversion.analysis.certify` (dense float64 Jacobian), or, when ``tol`` is given,
+    the number of singular values above that absolute tolerance.
     """
     if not callable(pool_fn):
         raise TypeError(f"pool_fn must be callable, got {type(pool_fn).__name__}")
     x = _check_divisible(x, window)
-    spec = jacobian_spectrum(pool_fn, x, method="dense", tol=tol)
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"tol must be a non-negative number or None, got {tol!r}")
+    cert = certify(pool_fn, x, method="dense")
+    if tol is None:
+        nullity = cert.nullity
+    else:
+        nullity = cert.nullity_at(tol / cert.sigma_max) if cert.sigma_max > 0 else cert.n_in
     kk = window * window
     return PoolingLoss(
-        window=window, n_in=spec.n_in, n_windows=spec.n_out, rank=spec.rank,
-        nullity=spec.nullity, expected_nullity=(1 - 1 / kk) * spec.n_in,
-        free_per_window=kk - 1, switch_bits=spec.n_out * math.log2(kk),
+        window=window, n_in=cert.n_in, n_windows=cert.n_out, rank=cert.n_in - nullity,
+        nullity=nullity, expected_nullity=(1 - 1 / kk) * cert.n_in,
+        free_per_window=kk - 1, switch_bits=cert.n_out * math.log2(kk),
     )

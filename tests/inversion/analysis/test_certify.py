@@ -225,3 +225,17 @@ def test_nullities_and_summary_at_three_precisions():
     assert summary["condition_number_range"][0] == pytest.approx(1.0, rel=1e-12)
     with pytest.raises(TypeError, match="certs must be"):
         summarize([])
+
+
+def test_fn_refusing_float64_falls_back_to_its_own_dtype_with_a_warning():
+    kernel = jnp.asarray(np.random.default_rng(10).normal(size=(3, 3, 1, 2)), jnp.float32)
+
+    def conv(x):  # lax needs equal dtypes: a float64 x with a float32 kernel is a TypeError
+        return jax.lax.conv_general_dilated(
+            x[None], kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )[0]
+
+    x = np.random.default_rng(11).normal(size=(4, 4, 1)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="does not accept a float64 input"):
+        cert = certify(conv, x)
+    assert cert.jacobian_dtype == "float32" and cert.n_out == 32 and cert.n_in == 16
