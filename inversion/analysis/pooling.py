@@ -64,8 +64,9 @@ def _unwindows(v, window):
     return v.reshape(b, hh * k, ww * k, c)
 
 
-def max_pool_with_switches(x: Float[Array, "b h w c"], window: int = 2
-                           ) -> tuple[Float[Array, "b hk wk c"], Int[Array, "b hk wk c"]]:
+def max_pool_with_switches(
+    x: Float[Array, "b h w c"], window: int = 2
+) -> tuple[Float[Array, "b hk wk c"], Int[Array, "b hk wk c"]]:
     """``k x k`` / stride-``k`` max pooling and the argmax index (0..k^2-1, row-major)."""
     return _pool_switches(_check_divisible(x, window), window)
 
@@ -76,9 +77,13 @@ def _pool_switches(x, window):
     return jnp.max(v, axis=-1), jnp.argmax(v, axis=-1)
 
 
-def max_unpool(y: Float[Array, "b hk wk c"], *, window: int = 2,
-               switches: Int[Array, "b hk wk c"] | None = None, fill: str = "zero"
-               ) -> Float[Array, "b h w c"]:
+def max_unpool(
+    y: Float[Array, "b hk wk c"],
+    *,
+    window: int = 2,
+    switches: Int[Array, "b hk wk c"] | None = None,
+    fill: str = "zero",
+) -> Float[Array, "b h w c"]:
     """Put each window's maximum back; ``fill`` decides the undetermined entries.
 
     With ``switches`` the maximum goes to its recorded position and the other ``k^2 - 1``
@@ -109,9 +114,13 @@ def avg_unpool(y: Float[Array, "b hk wk c"], *, window: int = 2) -> Float[Array,
     return _unwindows(jnp.broadcast_to(y[..., None], (*y.shape, window * window)), window)
 
 
-def project_to_max_pool_preimage(x: Float[Array, "b h w c"], y: Float[Array, "b hk wk c"], *,
-                                 window: int = 2, switches: Int[Array, "b hk wk c"] | None = None
-                                 ) -> Float[Array, "b h w c"]:
+def project_to_max_pool_preimage(
+    x: Float[Array, "b h w c"],
+    y: Float[Array, "b hk wk c"],
+    *,
+    window: int = 2,
+    switches: Int[Array, "b hk wk c"] | None = None,
+) -> Float[Array, "b h w c"]:
     """Nearest point to ``x`` whose ``k x k`` max pooling is ``y`` (per window, closed form).
 
     Without switches, onto ``{w : max w = y}``: clip every entry to ``<= y``; if no entry then
@@ -122,8 +131,9 @@ def project_to_max_pool_preimage(x: Float[Array, "b h w c"], y: Float[Array, "b 
     y = _check(y, window, "y")
     b, h, w, c = x.shape
     if y.shape != (b, h // window, w // window, c):
-        raise ValueError(f"y must have shape {(b, h // window, w // window, c)} for x {x.shape}, "
-                         f"got {y.shape}")
+        raise ValueError(
+            f"y must have shape {(b, h // window, w // window, c)} for x {x.shape}, got {y.shape}"
+        )
     if switches is not None and jnp.shape(switches) != y.shape:
         raise ValueError(f"switches must have y's shape {y.shape}, got {jnp.shape(switches)}")
     return _project(x, y, None if switches is None else jnp.asarray(switches), window)
@@ -151,8 +161,13 @@ class PoolingLoss(NamedTuple):
     switch_bits: float  # n_windows * log2(k^2): what argmax switches would add
 
 
-def pooling_loss(pool_fn: Callable[[Array], Array], x: Float[Array, "b h w c"], *,
-                 window: int = 2, tol: float | None = None) -> PoolingLoss:
+def pooling_loss(
+    pool_fn: Callable[[Array], Array],
+    x: Float[Array, "b h w c"],
+    *,
+    window: int = 2,
+    tol: float | None = None,
+) -> PoolingLoss:
     """Measure the Jacobian rank of ``pool_fn`` at ``x`` and set it beside the window counts.
 
     ``pool_fn`` is any pooling callable (max, average, ...) mapping NHWC ``x`` to its
@@ -172,7 +187,12 @@ def pooling_loss(pool_fn: Callable[[Array], Array], x: Float[Array, "b h w c"], 
         nullity = cert.nullity_at(tol / cert.sigma_max) if cert.sigma_max > 0 else cert.n_in
     kk = window * window
     return PoolingLoss(
-        window=window, n_in=cert.n_in, n_windows=cert.n_out, rank=cert.n_in - nullity,
-        nullity=nullity, expected_nullity=(1 - 1 / kk) * cert.n_in,
-        free_per_window=kk - 1, switch_bits=cert.n_out * math.log2(kk),
+        window=window,
+        n_in=cert.n_in,
+        n_windows=cert.n_out,
+        rank=cert.n_in - nullity,
+        nullity=nullity,
+        expected_nullity=(1 - 1 / kk) * cert.n_in,
+        free_per_window=kk - 1,
+        switch_bits=cert.n_out * math.log2(kk),
     )
