@@ -1,10 +1,10 @@
 """U-Net layer by layer: how well does each intermediate activation determine the input?
 
 Command:  python -m experiments.unet_layerwise [--out results] [--quick | --full] [--set k=v ...]
-Runtime (2-core CPU, measured on a machine shared with other jobs, both U-Nets cached):
---quick 30-55 s, default 2-2.5 min, --full (12 images x 2,000 steps, not yet measured: expect
-~15 min). A cold cache adds the training of the two U-Nets (quick ~20 s each, default and
-full ~70 s each).
+Runtime (2-core CPU): default 481 s with a cold model cache, of which ~6 min train the six
+U-Nets of the output verdict (seed and no-skip U-Net x init keys 0, 1, 2; cached afterwards);
+--quick 124 s in the test suite (two quick U-Nets trained); --full (12 images x 2,000 steps,
+16 verdict scenes) not yet measured.
 
 Method (Mahendran & Vedaldi 2015). Inputs ``x0`` are the centre 16x16 crops of test scenes
 (the U-Nets are fully convolutional; input dimension n = 256, so dense Jacobians are cheap and
@@ -24,29 +24,36 @@ inverting ``Phi_l`` alone, but the step compiles once instead of once per layer.
 
 Reported per layer (means over images; PSNR: median, since exact recoveries give ~150 dB): the
 normalised feature error, the image relative error ``||x_hat - x0|| / ||x0||`` and PSNR, and the
-numerical rank of the Jacobian ``d Phi_l / d x`` at each ``x0`` (rank = #{sigma_i > max(m, n)
-eps_32 sigma_1}, via ``inversion.analysis.summarize_spectrum``; the smallest rank over the
-images is reported), its nullity ``256 - rank`` (input directions the layer cannot see near
-``x0``), the effective rank ``#{sigma_i > 1e-3 sigma_1}`` and the condition number.
-``lossy``: layers with nullity > 0 (the network itself discards input directions).
-``optimiser_limited``: layers with nullity 0 (the input is locally determined) whose image
-error still exceeds 0.1 (the optimiser did not find it in the step budget).
+float64 certificate of ``d Phi_l / d x`` at each ``x0`` (``inversion.analysis.certify_batch``,
+one Jacobian per input for all layers): the nullity at the three precisions of
+``inversion.analysis.PRECISIONS`` (exact ``max(m, n) eps_64``; float32 ``max(m, n) eps_32``;
+8-bit ``1/255``; each the largest over the images) and the largest condition number. Classes
+(:func:`classify`): ``lossy`` (exact nullity > 0: the network destroys input directions),
+``lost_below_float32`` (exact 0, float32 > 0), ``optimiser_limited`` (float32 nullity 0, image
+error > 0.1), ``lost_at_8bit`` and ``recovered`` (image error <= 0.1).
 
-Expected result (measured, default profile; quick gives the same classes):
-* with skips: enc1 and pool1 are inverted exactly (PSNR ~150 dB, the first conv + ReLU with 16
-  channels is injective here), enc2 / cat2 / cat1 to 3-8 % error. The bottleneck and up2 are
-  the only lossy layers: rank 151 of 256 (nullity 105, dead ReLUs on a 4x4x64 map). The skip
-  concatenations restore full rank (cat2, cat1: rank 256), so the OUTPUT of the seed U-Net has
-  a full-rank Jacobian at every test input (nullity 0, condition number up to 2.4e4): its input
-  is locally determined, yet 600 Adam steps recover it only to ~20 % relative error (PSNR
-  ~19 dB), i.e. ``out`` is optimiser-limited (ill-conditioned), as are pool2, dec2 and up1.
-  See ``preimage_spread`` for the output inverted with 12,000 steps (~1.8 % error).
-* without skips: information is lost for good in the decoder: up1 (nullity 4) and out
-  (nullity 22, effective rank 124 of 256); the output reconstruction has ~48 % error (PSNR
-  ~11 dB), against ~20 % with skips.
-* the reference row ("U-Net output cannot be inverted exactly", judged as nullity(out) > 0 for
-  the seed U-Net) therefore does NOT agree: the seed U-Net's output keeps the input locally;
-  the no-skip variant's output does lose it.
+The reference rows (one per precision) state the U-Net *output* conclusion from
+``experiments.unet_verdict``: certificates at full 32x32 test scenes for the seed U-Net and the
+no-skip U-Net, each trained with init keys 0, 1 and 2; ``preimage_spread`` shows the same rows.
+
+Expected result (measured: ``python -m experiments reproduce --only unet_layerwise
+preimage_spread``, default profile, 2-core CPU, cold model cache; this experiment 481 s of
+which ~6 min train the six U-Nets):
+* with skips (16x16 crops, 6 images): enc1, pool1, enc2, cat2 and cat1 are recovered (error
+  <= 0.1; enc1 and pool1 exactly). The bottleneck and up2 are the only lossy layers: exact
+  nullity 101 of 256 (dead ReLUs on a 4x4x64 map). The skip concatenations restore full rank,
+  so ``out`` has exact nullity 0 but 1 direction below float32 rounding and 4 below 1/255
+  (condition number up to 3.9e4); 600 Adam steps leave 25 % image error there, and pool2, dec2
+  and up1 are optimiser-limited (16-23 %).
+* without skips: no layer is lossy in exact arithmetic, but up1 and out lose 3 and 22
+  directions below float32 rounding and 72 and 184 at 8-bit precision (out: condition number
+  2.4e8); the output reconstruction has 46 % error.
+* the U-Net output verdict (32x32 scenes, init keys 0, 1, 2): exact nullity 0 at all 6 scenes
+  for every key, with and without skips: the network does not destroy information; below
+  float32 rounding the seed U-Net loses 1-2 directions at 4, 4 and 6 of the 6 scenes
+  (condition numbers 5.0e3 to 4.1e6), the no-skip U-Net 196-286 at every scene; at 8-bit
+  precision 12-33 directions (no skips: 727-777 of 1024). Reference rows: exact **no**,
+  float32 yes, 8-bit yes; the same for all three keys. Quick profile: one key, 2 scenes.
 """
 
 from __future__ import annotations

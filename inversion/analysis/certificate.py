@@ -19,7 +19,7 @@ for ``i > m`` when ``m < n``), the certificate states, at three precisions:
   quantised to 8 bits: directions amplified less than ``sigma_1 / 255`` are lost below one
   grey level of the strongest response.
 
-``condition_number = sigma_1 / sigma_n`` (``inf`` when ``sigma_n = 0``), and
+``condition_number = sigma_1 / sigma_n`` (``inf`` when the exact nullity is > 0), and
 :meth:`Certificate.input_error_bound` turns an output residual into an input error:
 ``||x_hat - x|| <= ||fn(x_hat) - fn(x)|| / sigma_n`` to first order. For a piecewise-linear
 network (ReLU, max pooling) ``fn`` is affine on the linear region that contains ``x``, so the
@@ -62,7 +62,7 @@ class Certificate(NamedTuple):
     singular_values: Float[np.ndarray, " r"]  # descending; dense: all min(m, n); lanczos: k
     sigma_max: float
     sigma_min: float  # sigma_n (0 when m < n); lanczos and not complete: an upper bound
-    condition_number: float  # sigma_max / sigma_min (inf when sigma_min = 0)
+    condition_number: float  # sigma_max / sigma_min (inf when sigma_min = 0 or nullity > 0)
     nullity: int  # exact: #{sigma_i <= max(m, n) eps_64 sigma_1}; lanczos: a lower bound
     effective_nullity: int  # #{sigma_i <= rtol sigma_1}; lanczos: a lower bound
     null_space: Float[np.ndarray, "n d"]  # orthonormal basis of the effective null space
@@ -241,13 +241,15 @@ def _certificate(
     sigma_min = float(s[n_in - 1]) if complete and s.size >= n_in else float(s[-1])
     if n_out < n_in:
         sigma_min = 0.0
-    cond = float(sigma_max / sigma_min) if sigma_min > 0 else float("inf")
+    nullity = _count_small(s, max(n_in, n_out) * EPS64, n_in, n_out)
+    # a Jacobian singular in float64 has condition number inf, not sigma_1 / (rounding noise)
+    cond = float(sigma_max / sigma_min) if sigma_min > 0 and nullity == 0 else float("inf")
     return Certificate(
         singular_values=s,
         sigma_max=sigma_max,
         sigma_min=sigma_min,
         condition_number=cond,
-        nullity=_count_small(s, max(n_in, n_out) * EPS64, n_in, n_out),
+        nullity=nullity,
         effective_nullity=_count_small(s, rtol, n_in, n_out),
         null_space=null_space,
         rtol=float(rtol),
