@@ -1,10 +1,11 @@
 """U-Net layer by layer: how well does each intermediate activation determine the input?
 
 Command:  python -m experiments.unet_layerwise [--out results] [--quick | --full] [--set k=v ...]
-Runtime (2-core CPU): default 481 s with a cold model cache, of which ~6 min train the six
-U-Nets of the output verdict (seed and no-skip U-Net x init keys 0, 1, 2; cached afterwards);
---quick 124 s in the test suite (two quick U-Nets trained); --full (12 images x 2,000 steps,
-16 verdict scenes) not yet measured.
+Runtime (2-core CPU): default 274 s in a cold ``make reproduce`` on a fresh clone (10 min 12 s
+for all experiments), most of it training the six U-Nets of the output verdict (seed and
+no-skip U-Net x init keys 0, 1, 2; cached afterwards; 481 s on a machine loaded by other
+jobs); --quick 124 s in the test suite (two quick U-Nets trained); --full (12 images x 2,000
+steps, 16 verdict scenes) not yet measured.
 
 Method (Mahendran & Vedaldi 2015). Inputs ``x0`` are the centre 16x16 crops of test scenes
 (the U-Nets are fully convolutional; input dimension n = 256, so dense Jacobians are cheap and
@@ -37,8 +38,7 @@ The reference rows (one per precision) state the U-Net *output* conclusion from
 no-skip U-Net, each trained with init keys 0, 1 and 2; ``preimage_spread`` shows the same rows.
 
 Expected result (measured: ``python -m experiments reproduce --only unet_layerwise
-preimage_spread``, default profile, 2-core CPU, cold model cache; this experiment 481 s of
-which ~6 min train the six U-Nets):
+preimage_spread``, default profile, 2-core CPU; the same figures in ``make reproduce``):
 * with skips (16x16 crops, 6 images): enc1, pool1, enc2, cat2 and cat1 are recovered (error
   <= 0.1; enc1 and pool1 exactly). The bottleneck and up2 are the only lossy layers: exact
   nullity 101 of 256 (dead ReLUs on a 4x4x64 map). The skip concatenations restore full rank,
