@@ -1,22 +1,25 @@
 """Three ways back from a segmentation network's output to its input, on the same test scenes.
 
 Command:   python -m experiments.alternatives [--out results] [--quick | --full] [--set k=v]
-Runtime:   2-core CPU (shared with other jobs while measured): default 7.5 min with the flow
-           and the decoder trained from scratch (400 steps each; the seed U-Net was cached),
-           quick (30 training steps, 4 scenes) 106 s in the test suite with a cold cache
-           (seed U-Net included) on a loaded machine; a warm model cache leaves the inversions.
-Measured (default: 16 test scenes, 400 steps; `metrics.json`):
+Runtime:   default 143.5 s (measured: ``make reproduce`` on a fresh clone, default profile,
+           2-core CPU, cold model cache; the table below is from the same run), the flow and
+           the decoder trained from scratch (400 steps each), the seed U-Net already cached by
+           unet_inversion earlier in that run; quick (30 training steps, 4 scenes) 106 s in the
+           test suite with a cold cache (seed U-Net included) on a loaded machine; --full not
+           re-measured; a warm model cache leaves the inversions.
+Measured (default: 16 test scenes, 400 steps; medians over the scenes, `metrics.json`):
 
     method                    input error   PSNR      output residual   forward dice
-    flow inverse              7.6e-7        130 dB    1.4e-7            0.998
-    learned inverse (U-Net)   0.34          16.3 dB   0.41              0.988
-    optimisation (U-Net)      0.39          15.1 dB   0.034             0.988
-    optimisation (flow)       0.21          20.3 dB   0.017             0.998
+    flow inverse              7.1e-7        130 dB    1.4e-7            0.998
+    learned inverse (U-Net)   0.28          18.1 dB   0.23              0.998
+    optimisation (U-Net)      0.44          14.2 dB   0.025             0.998
+    optimisation (flow)       0.22          20.2 dB   0.017             0.998
 
-The flow segments these scenes as well as the U-Net and its inverse is exact; the decoder's
-one-pass estimate is as far from the input as 400 optimisation steps but does not even match
-the output (it averages over what Φ cannot tell apart); optimisation matches the output to a
-few percent with the input still far off.
+The flow segments these scenes as well as the U-Net (dice 0.9975 against 0.9980) and its
+inverse is exact; the decoder's one-pass estimate is closer to the input than 400 optimisation
+steps (0.28 against 0.44) but does not even match the output (residual 0.23: it averages over
+what Φ cannot tell apart); optimisation matches the output to 2.5 % with the input still far
+off.
 
 Methods (all see the same held-out synthetic scenes ``x₀`` and the outputs ``y = Φ(x₀)``):
 
@@ -33,7 +36,7 @@ Methods (all see the same held-out synthetic scenes ``x₀`` and the outputs ``y
 Reported per method: median input relative error ``‖x̂ − x₀‖/‖x₀‖``, median PSNR, the median
 output residual ``‖Φ(x̂) − y‖/‖y‖`` (what the method matched in output space), and the
 forward network's test dice (how good a segmenter it is: the flow pays for exact
-invertibility with a dimension-preserving, weaker segmenter).
+invertibility with a dimension-preserving segmenter, here barely weaker: 0.9975 against 0.9980).
 
 The seed study's claim for this row (DESIGN §5): "invertible networks (normalizing flows)
 invert exactly; learned inverses (decoders) and optimisation approximate".

@@ -1,19 +1,25 @@
 """ReLU preimages: when can an input be recovered from y = relu(W x)?
 
 Command:  python -m experiments.relu_preimage [--out results] [--quick | --full] [--set k=v ...]
-Runtime (2-core CPU): --quick ~15 s, default ~1.5 min, --full ~10 min.
+Runtime (2-core CPU): default 25.6 s (measured: ``make reproduce`` on a fresh clone, default
+profile, 2-core CPU; the expected results below are from the same run); --quick and --full: not
+re-measured.
 
-Expected result:
+Expected result (default: n = 20, m/n from 1 to 8):
 * the seed example relu([-1, 2, -3, 4]) = [0, 2, 0, 4]: its preimage is
   {x : x1 = 2, x3 = 4, x0 <= 0, x2 <= 0}, dimension 2 and unbounded — the negative entries
   cannot be recovered, by any method;
-* for Gaussian W (m x n, no bias) the fraction of inputs whose preimage is a single point jumps
-  from ~0 to ~1 around m/n = 2 (the active set must have >= n rows; about half the rows are
-  active), the fraction with a bounded preimage rises earlier, and a layer is injective on a
-  whole sample of inputs only from m/n ~ 3-4 on (>= 2 is necessary; Puthawala et al. 2022);
-* gradient inversion of such layers: the error splits into a part the optimiser could remove
-  (distance to the preimage, ~0 after convergence) and a part the network destroyed
-  (distance within the preimage), which vanishes once the preimage is a point.
+* for Gaussian W (m x n, no bias) the fraction of inputs whose preimage is a single point rises
+  from 0 at m/n = 1 (0.06 at 1.5, 0.56 at 2, 0.92 at 2.5) to 1 from m/n = 3 on, crossing 1/2 at
+  m/n = 1.95 (the active set must have >= n rows; about half the rows are active); the fraction
+  with a bounded preimage rises earlier (0.77 at 1.5, 0.95 at 1.8, >= 0.996 from 2 on); a layer
+  is injective on a whole sample of 1,000 inputs for 2 of 30 layers at m/n = 3 and for all from
+  m/n = 4 on, crossing 1/2 at m/n = 3.46 (>= 2 is necessary; Puthawala et al. 2022);
+* gradient inversion of such layers (1,000 Adam steps from a random start): the error splits
+  into a part the optimiser could remove (distance to the preimage) and a part the network
+  destroyed (distance within the preimage). Relative to ||x||: optimiser 0.59 and network 0.89
+  at m/n = 1 (output residual 0.38, not converged), 0.14 and 0.13 at m/n = 2 (residual 0.047),
+  3.9e-7 and 1.7e-15 at m/n = 4, where the preimage is a point (residual 1.5e-7).
 """
 
 from __future__ import annotations
