@@ -161,7 +161,7 @@ def _output_dtype64(fn, x):
     if not leaves or not all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves):
         raise TypeError(f"fn must return floating-point arrays, got {y}")
     low = sorted({str(leaf.dtype) for leaf in leaves if leaf.dtype != jnp.float64})
-    if low:
+    if low and input_dtype == jnp.float64:  # (a refused float64 input was warned about above)
         warnings.warn(
             f"fn returns {', '.join(low)} for a float64 input (it casts internally), so its "
             f"Jacobian is only that accurate; the exact nullity then refers to that precision",

@@ -22,6 +22,9 @@ from experiments.common import trained_seed_unet, write_metrics
 from experiments.config import ConfigError, ExperimentConfig, apply_overrides, parse_value
 
 #: The quick and default profiles as quoted in the docstrings and tests: they must not drift.
+#: The U-Net output verdict's settings (experiments.unet_verdict), shared by two experiments.
+QUICK_VERDICT = dict(init_keys=(0,), verdict_scenes=2)
+DEFAULT_VERDICT = dict(init_keys=(0, 1, 2), verdict_scenes=6)
 PINNED = {
     "linear_inversion": {
         "quick": dict(train_steps=3000, steps=2000, lr=1.0, path_points=12, seed=0),
@@ -75,15 +78,31 @@ PINNED = {
         ),
     },
     "unet_layerwise": {
-        "quick": dict(images=2, steps=200, lr=0.05, seed=0, train_profile="quick"),
-        "default": dict(images=6, steps=600, lr=0.05, seed=0, train_profile="default"),
+        "quick": dict(images=2, steps=200, lr=0.05, seed=0, train_profile="quick", **QUICK_VERDICT),
+        "default": dict(
+            images=6, steps=600, lr=0.05, seed=0, train_profile="default", **DEFAULT_VERDICT
+        ),
     },
     "preimage_spread": {
         "quick": dict(
-            restarts=4, controls=2, steps=3000, lr=0.03, image=0, seed=0, train_profile="quick"
+            restarts=4,
+            controls=2,
+            steps=3000,
+            lr=0.03,
+            image=0,
+            seed=0,
+            train_profile="quick",
+            **QUICK_VERDICT,
         ),
         "default": dict(
-            restarts=16, controls=4, steps=12000, lr=0.02, image=0, seed=0, train_profile="default"
+            restarts=16,
+            controls=4,
+            steps=12000,
+            lr=0.02,
+            image=0,
+            seed=0,
+            train_profile="default",
+            **DEFAULT_VERDICT,
         ),
     },
     "alternatives": {
