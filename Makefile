@@ -26,9 +26,13 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-# The suite against the newest versions the ranges in pyproject.toml admit (not the lock).
+# The suite against the newest versions the ranges in pyproject.toml admit (not the lock),
+# in a fresh .venv-latest/ on LATEST_PYTHON (e.g. `make test-latest LATEST_PYTHON=python3.12`:
+# the newest jax releases need a newer Python than 3.11).
+LATEST_PYTHON ?= $(PYTHON)
 test-latest: $(STAMP)
-	$(UV) venv --allow-existing --python $(PYTHON) $(LATEST)
+	rm -rf $(LATEST)
+	$(UV) venv --python $(LATEST_PYTHON) $(LATEST)
 	$(UV) pip install --python $(LATEST)/bin/python --upgrade --resolution highest -e '.[dev]'
 	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadfile
 
