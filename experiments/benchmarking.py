@@ -60,8 +60,12 @@ def matmul_peak(*, n: int = MATMUL_SIZE, repeats: int = 7, device: Any = None) -
     product = jax.jit(jnp.matmul)
     t = median_time(lambda: product(a, b), repeats=repeats, warmup=2)
     flops = 2.0 * n**3
-    return {"gflops": flops / t["median"] / 1e9, "gflops_best": flops / t["min"] / 1e9,
-            "seconds": t["median"], "n": n}
+    return {
+        "gflops": flops / t["median"] / 1e9,
+        "gflops_best": flops / t["min"] / 1e9,
+        "seconds": t["median"],
+        "n": n,
+    }
 
 
 def _rss_bytes() -> int:
@@ -179,6 +183,8 @@ def machine() -> dict:
 def describe(info: dict) -> str:
     """One line for a log: CPU model, cores, jax version, backend and devices."""
     mem = f", {info['memory_bytes'] / 2**30:.0f} GiB" if info.get("memory_bytes") else ""
-    return (f"{info['cpu']} ({info['usable_cores']}/{info['cores']} cores{mem}), "
-            f"jax {info['jax']}, backend {info['backend']} {info['devices']}, "
-            f"load {info['load_average']}")
+    return (
+        f"{info['cpu']} ({info['usable_cores']}/{info['cores']} cores{mem}), "
+        f"jax {info['jax']}, backend {info['backend']} {info['devices']}, "
+        f"load {info['load_average']}"
+    )

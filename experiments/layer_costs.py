@@ -91,8 +91,11 @@ def _combine(parts: list, matrix: np.ndarray) -> list:
     """``[Σ_u matrix[k, u] · parts[u] for k]``, skipping zero coefficients."""
     out = []
     for row in matrix:
-        terms = [p if c == 1 else -p if c == -1 else float(c) * p
-                 for c, p in zip(row, parts, strict=True) if c != 0]
+        terms = [
+            p if c == 1 else -p if c == -1 else float(c) * p
+            for c, p in zip(row, parts, strict=True)
+            if c != 0
+        ]
         out.append(sum(terms[1:], terms[0]))
     return out
 
@@ -115,14 +118,16 @@ def winograd_conv3x3(x, kernel, m: int = 2):
     u = jnp.einsum("ai,ijco,bj->abco", gj, kernel, gj).reshape(a * a, ci, co)
     prod = jnp.einsum("kpc,kco->kpo", v.reshape(a * a, b * th * tw, ci), u)
     prod = prod.reshape(a, a, b, th, tw, co)
-    y = jnp.stack([jnp.stack(_combine(list(p), at), axis=3)
-                   for p in _combine(list(prod), at)], axis=2)  # (b, th, m, tw, m, co)
+    y = jnp.stack(
+        [jnp.stack(_combine(list(p), at), axis=3) for p in _combine(list(prod), at)], axis=2
+    )  # (b, th, m, tw, m, co)
     return y.reshape(b, m * th, m * tw, co)[:, :h, :w]
 
 
 def _lax_conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def _timed(fn, args, repeats: int) -> tuple[float, float]:
@@ -185,10 +190,18 @@ def layer_cases(kernels: dict, rows: int) -> list[tuple]:
         ("enc1 conv 3x3 1->16", "lax", lambda x: _lax_conv(x, k["enc1"]), [(r, 32, 32, 1)]),
         ("pool1 max 2x2", "engine", layers.max_pool2d, [(r, 32, 32, 16)]),
         ("pool2 max 2x2", "engine", layers.max_pool2d, [(r, 16, 16, 32)]),
-        ("up2 convT 2x2/2 64->32", "engine",
-         lambda x: layers.conv_transpose2d(x, k["up2"]), [(r, 8, 8, 64)]),
-        ("up1 convT 2x2/2 32->16", "engine",
-         lambda x: layers.conv_transpose2d(x, k["up1"]), [(r, 16, 16, 32)]),
+        (
+            "up2 convT 2x2/2 64->32",
+            "engine",
+            lambda x: layers.conv_transpose2d(x, k["up2"]),
+            [(r, 8, 8, 64)],
+        ),
+        (
+            "up1 convT 2x2/2 32->16",
+            "engine",
+            lambda x: layers.conv_transpose2d(x, k["up1"]),
+            [(r, 16, 16, 32)],
+        ),
         ("cat1 concat", "engine", layers.concat_skip, [(r, 32, 32, 16), (r, 32, 32, 16)]),
         ("out conv 3x3 32->1", "engine", lambda x: layers.conv2d(x, k["out"]), [(r, 32, 32, 32)]),
         ("out conv 3x3 32->1", "lax", lambda x: _lax_conv(x, k["out"]), [(r, 32, 32, 32)]),
@@ -197,17 +210,36 @@ def layer_cases(kernels: dict, rows: int) -> list[tuple]:
         kern = k[name]
         label = f"{name} conv 3x3 {cin}->{kern.shape[-1]}"
         cases += [
-            (label, "engine (lax)", lambda x, kern=kern: _lax_conv(x, kern), [(r, size, size, cin)]),
-            (label, "winograd F(2,3)",
-             lambda x, kern=kern: winograd_conv3x3(x, kern, 2), [(r, size, size, cin)]),
-            (label, "winograd F(4,3)",
-             lambda x, kern=kern: winograd_conv3x3(x, kern, 4), [(r, size, size, cin)]),
+            (
+                label,
+                "engine (lax)",
+                lambda x, kern=kern: _lax_conv(x, kern),
+                [(r, size, size, cin)],
+            ),
+            (
+                label,
+                "winograd F(2,3)",
+                lambda x, kern=kern: winograd_conv3x3(x, kern, 2),
+                [(r, size, size, cin)],
+            ),
+            (
+                label,
+                "winograd F(4,3)",
+                lambda x, kern=kern: winograd_conv3x3(x, kern, 4),
+                [(r, size, size, cin)],
+            ),
         ]
     return cases
 
 
-def measure(rows: int = 32, repeats: int = 30, step_rows=(), matmul_n: int = bm.MATMUL_SIZE,
-            only=None, log=print) -> dict:
+def measure(
+    rows: int = 32,
+    repeats: int = 30,
+    step_rows=(),
+    matmul_n: int = bm.MATMUL_SIZE,
+    only=None,
+    log=print,
+) -> dict:
     """Per-layer and whole-step costs at ``rows`` images (the whole step also at each of
     ``step_rows``); ``only``: time just the layers whose name starts with one of these
     (e.g. ``("dec2",)``). See the module docstring."""
@@ -215,8 +247,10 @@ def measure(rows: int = 32, repeats: int = 30, step_rows=(), matmul_n: int = bm.
     from models.seed import seed_unet
 
     if rows < 1 or repeats < 1 or any(n < 1 for n in step_rows):
-        raise ValueError(f"need rows >= 1, repeats >= 1 and step_rows >= 1, got rows={rows}, "
-                         f"repeats={repeats}, step_rows={step_rows}")
+        raise ValueError(
+            f"need rows >= 1, repeats >= 1 and step_rows >= 1, got rows={rows}, "
+            f"repeats={repeats}, step_rows={step_rows}"
+        )
     if only is not None and not set(only) <= set(LAYERS):
         raise ValueError(f"only={only!r}: unknown layer; expected names from {list(LAYERS)}")
     info = bm.machine()
@@ -233,37 +267,63 @@ def measure(rows: int = 32, repeats: int = 30, step_rows=(), matmul_n: int = bm.
     for name, variant, layer, shapes in cases:
         fn, args = _forward_and_input_gradient(layer, shapes, rng)
         ms, flops = _timed(fn, args, repeats)
-        row = dict(layer=name, variant=variant, ms=ms, flops=flops,
-                   gflops=flops / ms / 1e6, peak_fraction=flops / ms / 1e6 / peak)
+        row = dict(
+            layer=name,
+            variant=variant,
+            ms=ms,
+            flops=flops,
+            gflops=flops / ms / 1e6,
+            peak_fraction=flops / ms / 1e6 / peak,
+        )
         if variant.startswith("winograd"):  # the probe must compute the same conv
             ref = _lax_conv(args[1], k[name.split()[0]])
             got = winograd_conv3x3(args[1], k[name.split()[0]], int(variant.split("(")[1][0]))
             row["max_rel_diff_vs_lax"] = float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref)))
         results.append(row)
-        log(f"{name:28s} {variant:16s} {ms:7.2f} ms {flops / 1e6:8.1f} MFLOP "
-            f"{row['gflops']:6.1f} GFLOP/s ({100 * row['peak_fraction']:.0f}% of matmul)")
+        log(
+            f"{name:28s} {variant:16s} {ms:7.2f} ms {flops / 1e6:8.1f} MFLOP "
+            f"{row['gflops']:6.1f} GFLOP/s ({100 * row['peak_fraction']:.0f}% of matmul)"
+        )
 
     apply_fn, params = split(net)
     steps = {}
     for n in sorted({rows, *step_rows}):
         ms, flops = _time_adam_step(apply_fn, params, n, repeats, rng)
-        steps[n] = dict(rows=n, ms=ms, ms_per_row=ms / n, flops=flops, gflops=flops / ms / 1e6,
-                        peak_fraction=flops / ms / 1e6 / peak)
-        log(f"{f'whole Adam step, {n} rows':28s} {'engine':16s} {ms:7.2f} ms {flops / 1e6:8.1f} "
+        steps[n] = dict(
+            rows=n,
+            ms=ms,
+            ms_per_row=ms / n,
+            flops=flops,
+            gflops=flops / ms / 1e6,
+            peak_fraction=flops / ms / 1e6 / peak,
+        )
+        log(
+            f"{f'whole Adam step, {n} rows':28s} {'engine':16s} {ms:7.2f} ms {flops / 1e6:8.1f} "
             f"MFLOP {steps[n]['gflops']:6.1f} GFLOP/s ({100 * steps[n]['peak_fraction']:.0f}% of "
-            f"matmul), {ms / n:.2f} ms per row")
+            f"matmul), {ms / n:.2f} ms per row"
+        )
     whole = steps[rows]
-    return {"machine": info, "matmul_gflops": peak, "rows": rows, "layers": results,
-            "step": whole, "steps": list(steps.values())}
+    return {
+        "machine": info,
+        "matmul_gflops": peak,
+        "rows": rows,
+        "layers": results,
+        "step": whole,
+        "steps": list(steps.values()),
+    }
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m experiments.layer_costs",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.layer_costs", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rows", type=int, default=32, help="images per call")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls (median)")
-    parser.add_argument("--step-rows", default="",
-                        help="comma-separated row counts at which to time the whole step too")
+    parser.add_argument(
+        "--step-rows",
+        default="",
+        help="comma-separated row counts at which to time the whole step too",
+    )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write results here")
     args = parser.parse_args(argv)
     try:

@@ -61,16 +61,26 @@ def build(model: str, size: int, batch: int, *, key: int = 0):
     inputs = rng.uniform(size=(batch, size, size, 1)).astype(np.float32)
     targets = jax.jit(lambda x: apply_fn(params, x))(inputs)
     x0 = jnp.asarray(0.1 * rng.standard_normal((batch, size, size, 1)), jnp.float32)
-    torch_params = {n: (np.asarray(m.kernel[...]), np.asarray(m.bias[...]))
-                    for n, m in net.conv_layers().items()}
+    torch_params = {
+        n: (np.asarray(m.kernel[...]), np.asarray(m.bias[...]))
+        for n, m in net.conv_layers().items()
+    }
     return fn, targets, x0, torch_params
 
 
 def _jax_runner(fn, targets, x0, steps, loop):
     def run():
-        x = invert_batch(fn, targets, x0=x0, optimizer="adam", learning_rate=LEARNING_RATE,
-                         steps=steps, loop=loop).x
+        x = invert_batch(
+            fn,
+            targets,
+            x0=x0,
+            optimizer="adam",
+            learning_rate=LEARNING_RATE,
+            steps=steps,
+            loop=loop,
+        ).x
         return np.asarray(jax.block_until_ready(x))
+
     return run
 
 
@@ -89,6 +99,7 @@ def _torch_runner(torch_params, targets, x0, steps, threads):
             return tb.invert_adam(net, y_host, x0_host.copy(), steps=steps, lr=LEARNING_RATE)[0]
         finally:
             pt.set_num_threads(before)
+
     return run
 
 
@@ -105,9 +116,18 @@ def _timed_value(run):
     return time.perf_counter() - start, value
 
 
-def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256),
-            steps: int = 200, repeats: int = 3, loops=("auto",), torch: bool = False,
-            matmul_n: int = bm.MATMUL_SIZE, log=print) -> dict:
+def measure(
+    *,
+    model: str = "seed-unet",
+    size: int = 32,
+    batches=(1, 16, 64, 256),
+    steps: int = 200,
+    repeats: int = 3,
+    loops=("auto",),
+    torch: bool = False,
+    matmul_n: int = bm.MATMUL_SIZE,
+    log=print,
+) -> dict:
     """Measure every (batch, loop) and return ``{'machine', 'matmul', 'rows', 'settings'}``.
 
     Each row holds ``batch``, ``loop``, ``seconds`` (median of ``repeats`` runs of ``steps``
@@ -133,8 +153,10 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {list(MODELS)}")
     if repeats < 1 or steps < 1 or size < 4 or size % 4:
-        raise ValueError(f"need repeats >= 1, steps >= 1 and size a multiple of 4; got "
-                         f"repeats={repeats}, steps={steps}, size={size}")
+        raise ValueError(
+            f"need repeats >= 1, steps >= 1 and size a multiple of 4; got "
+            f"repeats={repeats}, steps={steps}, size={size}"
+        )
     bad = [lp for lp in loops if lp not in LOOPS]
     if bad:
         raise ValueError(f"unknown loop {bad[0]!r}; expected one of {list(LOOPS)}")
@@ -151,8 +173,9 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
     rows = []
     for batch in batches:
         fn, targets, x0, torch_params = build(model, size, batch)
-        cost = step_cost(fn, targets, x0=x0, optimizer="adam", learning_rate=LEARNING_RATE,
-                         steps=steps)
+        cost = step_cost(
+            fn, targets, x0=x0, optimizer="adam", learning_rate=LEARNING_RATE, steps=steps
+        )
         runs = {("jax", lp): _jax_runner(fn, targets, x0, steps, lp) for lp in loops}
         for n in thread_counts:
             runs[("torch", n)] = _torch_runner(torch_params, targets, x0, steps, n)
@@ -173,77 +196,131 @@ def measure(*, model: str = "seed-unet", size: int = 32, batches=(1, 16, 64, 256
         for lp in loops:
             name = ("jax", lp)
             t = med[name]
-            row = dict(batch=batch, loop=lp, seconds=t, times=times[name],
-                       targets_per_s=batch / t, ms_per_step=1e3 * t / steps,
-                       flops_per_step=cost["flops"], gflops=cost["flops"] * steps / t / 1e9,
-                       peak_fraction=cost["flops"] * steps / t / 1e9 / peak_rate,
-                       compile_s=max(first[name] - t, 0.0),
-                       peak_memory_bytes=max(m.peak_bytes for m in mems[name]),
-                       memory_increase_bytes=max(m.increase_bytes for m in mems[name]),
-                       memory_kind=mems[name][0].kind, chunk_rows=cost["chunk_rows"],
-                       chunks=cost["chunks"], devices=cost["devices"],
-                       output_residual_median=_residual_median(forward, last[name], targets),
-                       load_average=bm.load_average())
+            row = dict(
+                batch=batch,
+                loop=lp,
+                seconds=t,
+                times=times[name],
+                targets_per_s=batch / t,
+                ms_per_step=1e3 * t / steps,
+                flops_per_step=cost["flops"],
+                gflops=cost["flops"] * steps / t / 1e9,
+                peak_fraction=cost["flops"] * steps / t / 1e9 / peak_rate,
+                compile_s=max(first[name] - t, 0.0),
+                peak_memory_bytes=max(m.peak_bytes for m in mems[name]),
+                memory_increase_bytes=max(m.increase_bytes for m in mems[name]),
+                memory_kind=mems[name][0].kind,
+                chunk_rows=cost["chunk_rows"],
+                chunks=cost["chunks"],
+                devices=cost["devices"],
+                output_residual_median=_residual_median(forward, last[name], targets),
+                load_average=bm.load_average(),
+            )
             # XLA's buffers of one chunk's step program on one device (arguments + outputs +
             # temporaries): the memory a step needs, whatever the allocator keeps cached
             step_bytes = cost["argument_bytes"] + cost["output_bytes"] + cost["temp_bytes"]
-            row.update(step_buffer_bytes=step_bytes, memory_per_target_bytes=step_bytes / (
-                cost["chunk_rows"] / cost["devices"]))
+            row.update(
+                step_buffer_bytes=step_bytes,
+                memory_per_target_bytes=step_bytes / (cost["chunk_rows"] / cost["devices"]),
+            )
             if thread_counts:
                 best = min(thread_counts, key=lambda n: med[("torch", n)])
                 tt = med[("torch", best)]
-                row.update(torch_by_threads={str(n): med[("torch", n)] for n in thread_counts},
-                           torch_times={str(n): times[("torch", n)] for n in thread_counts},
-                           torch_threads=best, torch_seconds=tt, torch_targets_per_s=batch / tt,
-                           torch_ms_per_step=1e3 * tt / steps, speedup_vs_torch=tt / t,
-                           torch_memory_increase_bytes=max(
-                               m.increase_bytes for m in mems[("torch", best)]),
-                           max_abs_diff_vs_torch=float(
-                               np.max(np.abs(last[name] - last[("torch", best)]))),
-                           torch_output_residual_median=_residual_median(
-                               forward, last[("torch", best)], targets))
+                row.update(
+                    torch_by_threads={str(n): med[("torch", n)] for n in thread_counts},
+                    torch_times={str(n): times[("torch", n)] for n in thread_counts},
+                    torch_threads=best,
+                    torch_seconds=tt,
+                    torch_targets_per_s=batch / tt,
+                    torch_ms_per_step=1e3 * tt / steps,
+                    speedup_vs_torch=tt / t,
+                    torch_memory_increase_bytes=max(
+                        m.increase_bytes for m in mems[("torch", best)]
+                    ),
+                    max_abs_diff_vs_torch=float(np.max(np.abs(last[name] - last[("torch", best)]))),
+                    torch_output_residual_median=_residual_median(
+                        forward, last[("torch", best)], targets
+                    ),
+                )
             rows.append(row)
             log(_line(row))
     peak_after = bm.matmul_peak(n=matmul_n)
-    log(f"matmul {matmul_n}² float32 after: {peak_after['gflops']:.1f} GFLOP/s; "
-        f"load {bm.load_average()}")
+    log(
+        f"matmul {matmul_n}² float32 after: {peak_after['gflops']:.1f} GFLOP/s; "
+        f"load {bm.load_average()}"
+    )
     best_peak = max(peak["gflops"], peak_after["gflops"])
     for row in rows:  # the fraction of the better of the two matmul rates (the lower fraction)
         row["peak_fraction"] = row["gflops"] / best_peak
     info["load_average_end"] = bm.load_average()
     info["max_rss_bytes"] = bm.max_rss_bytes()
-    settings = dict(model=model, size=size, batches=list(batches), steps=steps,
-                    repeats=repeats, loops=list(loops), learning_rate=LEARNING_RATE,
-                    optimizer="adam", torch=torch, matmul_n=matmul_n)
-    return {"machine": info, "matmul": {"before": peak, "after": peak_after},
-            "rows": rows, "settings": settings}
+    settings = dict(
+        model=model,
+        size=size,
+        batches=list(batches),
+        steps=steps,
+        repeats=repeats,
+        loops=list(loops),
+        learning_rate=LEARNING_RATE,
+        optimizer="adam",
+        torch=torch,
+        matmul_n=matmul_n,
+    )
+    return {
+        "machine": info,
+        "matmul": {"before": peak, "after": peak_after},
+        "rows": rows,
+        "settings": settings,
+    }
 
 
 def _line(row: dict) -> str:
-    text = (f"batch {row['batch']:4d} {row['loop']:8s} {row['targets_per_s']:8.2f} targets/s "
-            f"{row['ms_per_step']:8.2f} ms/step {row['flops_per_step'] / 1e9:7.3f} GFLOP/step "
-            f"{row['gflops']:6.1f} GFLOP/s, compile {row['compile_s']:.1f}s")
+    text = (
+        f"batch {row['batch']:4d} {row['loop']:8s} {row['targets_per_s']:8.2f} targets/s "
+        f"{row['ms_per_step']:8.2f} ms/step {row['flops_per_step'] / 1e9:7.3f} GFLOP/step "
+        f"{row['gflops']:6.1f} GFLOP/s, compile {row['compile_s']:.1f}s"
+    )
     if "torch_targets_per_s" in row:
-        text += (f" | torch {row['torch_targets_per_s']:7.2f} targets/s "
-                 f"({row['torch_threads']} thr) x{row['speedup_vs_torch']:.2f}")
+        text += (
+            f" | torch {row['torch_targets_per_s']:7.2f} targets/s "
+            f"({row['torch_threads']} thr) x{row['speedup_vs_torch']:.2f}"
+        )
     return text
 
 
 def table(out: dict) -> str:
     """The rows of :func:`measure` as a Markdown table (medians; ratios against PyTorch)."""
     torch = any("torch_targets_per_s" in r for r in out["rows"])
-    head = ["batch", "loop", "targets/s", "ms/step", "GFLOP/step", "GFLOP/s", "% of matmul",
-            "step buffers/target", "peak RSS", "compile s", "load"]
+    head = [
+        "batch",
+        "loop",
+        "targets/s",
+        "ms/step",
+        "GFLOP/step",
+        "GFLOP/s",
+        "% of matmul",
+        "step buffers/target",
+        "peak RSS",
+        "compile s",
+        "load",
+    ]
     if torch:
         head += ["torch targets/s (1 thr / default)", "× best torch", "× default torch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in out["rows"]:
-        cells = [r["batch"], r["loop"], f"{r['targets_per_s']:.2f}", f"{r['ms_per_step']:.1f}",
-                 f"{r['flops_per_step'] / 1e9:.3f}", f"{r['gflops']:.1f}",
-                 f"{100 * r['peak_fraction']:.0f}%",
-                 f"{r['memory_per_target_bytes'] / 2**10:.0f} KiB",
-                 f"{r['peak_memory_bytes'] / 2**20:.0f} MiB", f"{r['compile_s']:.1f}",
-                 f"{r['load_average'][0]:.1f}" if r["load_average"] else "-"]
+        cells = [
+            r["batch"],
+            r["loop"],
+            f"{r['targets_per_s']:.2f}",
+            f"{r['ms_per_step']:.1f}",
+            f"{r['flops_per_step'] / 1e9:.3f}",
+            f"{r['gflops']:.1f}",
+            f"{100 * r['peak_fraction']:.0f}%",
+            f"{r['memory_per_target_bytes'] / 2**10:.0f} KiB",
+            f"{r['peak_memory_bytes'] / 2**20:.0f} MiB",
+            f"{r['compile_s']:.1f}",
+            f"{r['load_average'][0]:.1f}" if r["load_average"] else "-",
+        ]
         if torch:
             by = r["torch_by_threads"]
             rates = " / ".join(f"{r['batch'] / by[k]:.2f}" for k in sorted(by, key=int))
@@ -254,15 +331,17 @@ def table(out: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m experiments.throughput",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.throughput", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", default="seed-unet", choices=MODELS)
     parser.add_argument("--size", type=int, default=32, help="input height = width")
     parser.add_argument("--batch", default="1,16,64,256", help="comma-separated batch sizes")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median)")
-    parser.add_argument("--loop", default="auto",
-                        help=f"comma-separated engine loops from {list(LOOPS)}")
+    parser.add_argument(
+        "--loop", default="auto", help=f"comma-separated engine loops from {list(LOOPS)}"
+    )
     parser.add_argument("--torch", action="store_true", help="also time the PyTorch baseline")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write results here")
     args = parser.parse_args(argv)
@@ -272,8 +351,15 @@ def main(argv=None) -> dict:
         parser.error(f"--batch must be comma-separated ints, got {args.batch!r}")
     if any(b < 1 for b in batches):
         parser.error(f"batch sizes must be >= 1, got {batches}")
-    out = measure(model=args.model, size=args.size, batches=batches, steps=args.steps,
-                  repeats=args.repeats, loops=tuple(args.loop.split(",")), torch=args.torch)
+    out = measure(
+        model=args.model,
+        size=args.size,
+        batches=batches,
+        steps=args.steps,
+        repeats=args.repeats,
+        loops=tuple(args.loop.split(",")),
+        torch=args.torch,
+    )
     print(table(out))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

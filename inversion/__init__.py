@@ -8,6 +8,12 @@ from inversion.engine import invert, invert_batch
 from inversion.result import Result
 
 __all__ = [
-    "Result", "analysis", "closed_form", "invert", "invert_batch", "losses", "metrics",
+    "Result",
+    "analysis",
+    "closed_form",
+    "invert",
+    "invert_batch",
+    "losses",
+    "metrics",
     "regularizers",
 ]

@@ -58,8 +58,9 @@ def _build(problem: Problem, loop: str, check_every: int) -> Programs:
         run = python_loop(problem, check_every=check_every)
     else:
         run = compiled_loop(problem)
-    fin = jax.jit(lambda x, state, y, group: layout(finalize(problem, x, state, y), group),
-                  static_argnums=3)
+    fin = jax.jit(
+        lambda x, state, y, group: layout(finalize(problem, x, state, y), group), static_argnums=3
+    )
     return Programs(start, run, fin, loop == "python")
 
 
@@ -112,17 +113,28 @@ def chunking(problem: Problem, x_rows: jax.Array, chunk_rows: int | None) -> tup
     b = x_rows.shape[0]
     ndev = 1 if problem.sharding is None else problem.sharding.mesh.devices.size
     if chunk_rows is None:
-        cpu = (problem.sharding.mesh.devices.flat[0].platform if problem.sharding is not None
-               else _platform(x_rows)) == "cpu"
+        cpu = (
+            problem.sharding.mesh.devices.flat[0].platform
+            if problem.sharding is not None
+            else _platform(x_rows)
+        ) == "cpu"
         chunk_rows = CPU_CHUNK_ROWS * ndev if cpu else None
     size = b if chunk_rows is None else math.ceil(b / math.ceil(b / chunk_rows))
     size = math.ceil(size / ndev) * ndev
     return size, math.ceil(b / size)
 
 
-def solve_rows(problem: Problem, x_rows: jax.Array, y_rows: jax.Array, *, loop: str,
-               chunk_rows: int | None, check_every: int, progress: bool,
-               group: int | str | None = None):
+def solve_rows(
+    problem: Problem,
+    x_rows: jax.Array,
+    y_rows: jax.Array,
+    *,
+    loop: str,
+    chunk_rows: int | None,
+    check_every: int,
+    progress: bool,
+    group: int | str | None = None,
+):
     """Solve every row; returns ``(x, history, loss, residual, steps, status_code)`` in the
     layout given by ``group`` (see :func:`layout`).
 
@@ -165,8 +177,9 @@ def solve_rows(problem: Problem, x_rows: jax.Array, y_rows: jax.Array, *, loop: 
     return _assemble(outs, b, group)
 
 
-def solve_cost(problem: Problem, x_rows: jax.Array, y_rows: jax.Array,
-               chunk_rows: int | None = None) -> dict[str, float]:
+def solve_cost(
+    problem: Problem, x_rows: jax.Array, y_rows: jax.Array, chunk_rows: int | None = None
+) -> dict[str, float]:
     """XLA's cost analysis of one step over all rows, chunked as :func:`solve_rows` would.
 
     The step program for one chunk is compiled (never run). Returns ``flops`` and
@@ -178,17 +191,23 @@ def solve_cost(problem: Problem, x_rows: jax.Array, y_rows: jax.Array,
     """
     size, n_chunks = chunking(problem, x_rows, chunk_rows)
     ndev = 1 if problem.sharding is None else problem.sharding.mesh.devices.size
-    x_rows = jax.ShapeDtypeStruct((size, *x_rows.shape[1:]), x_rows.dtype,
-                                  sharding=problem.sharding)
-    y_rows = jax.ShapeDtypeStruct((size, *y_rows.shape[1:]), y_rows.dtype,
-                                  sharding=problem.sharding)
+    x_rows = jax.ShapeDtypeStruct(
+        (size, *x_rows.shape[1:]), x_rows.dtype, sharding=problem.sharding
+    )
+    y_rows = jax.ShapeDtypeStruct(
+        (size, *y_rows.shape[1:]), y_rows.dtype, sharding=problem.sharding
+    )
     state = jax.eval_shape(lambda x: init_state(problem, x), x_rows)
     compiled = jax.jit(make_step(problem)).lower(x_rows, state, y_rows).compile()
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, list | tuple) else (cost or {})
-    out = {"flops": n_chunks * ndev * float(cost.get("flops", 0.0)),
-           "bytes_accessed": n_chunks * ndev * float(cost.get("bytes accessed", 0.0)),
-           "chunk_rows": size, "chunks": n_chunks, "devices": ndev}
+    out = {
+        "flops": n_chunks * ndev * float(cost.get("flops", 0.0)),
+        "bytes_accessed": n_chunks * ndev * float(cost.get("bytes accessed", 0.0)),
+        "chunk_rows": size,
+        "chunks": n_chunks,
+        "devices": ndev,
+    }
     try:
         mem = compiled.memory_analysis()
     except (NotImplementedError, RuntimeError):

@@ -37,9 +37,7 @@ def normalized(pred: Float[Array, "..."], target: Float[Array, "..."]) -> Float[
 
 def cosine(pred: Float[Array, "..."], target: Float[Array, "..."]) -> Float[Array, ""]:
     """Cosine distance ``1 - cos(pred, target)`` over all entries."""
-    return optax.losses.cosine_distance(
-        jnp.ravel(pred), jnp.ravel(target), epsilon=COSINE_EPS
-    )
+    return optax.losses.cosine_distance(jnp.ravel(pred), jnp.ravel(target), epsilon=COSINE_EPS)
 
 
 LOSSES: dict[str, LossFn] = {"mse": mse, "normalized": normalized, "cosine": cosine}

@@ -38,9 +38,13 @@ class Decoder(nnx.Module):
         upsample: int = 0,
         rngs: nnx.Rngs,
     ):
-        for name, value, low in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
-                                 ("width", width, 1), ("depth", depth, 0),
-                                 ("upsample", upsample, 0)):
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("out_channels", out_channels, 1),
+            ("width", width, 1),
+            ("depth", depth, 0),
+            ("upsample", upsample, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.in_channels = in_channels

@@ -48,8 +48,9 @@ def _check_kernel(kernel, input_hw):
     return kernel, hw
 
 
-def conv_transfer_matrices(kernel: Float[np.ndarray, "kh kw cin cout"], input_hw: tuple[int, int]
-                           ) -> Complex[np.ndarray, "n1 n2 cout cin"]:
+def conv_transfer_matrices(
+    kernel: Float[np.ndarray, "kh kw cin cout"], input_hw: tuple[int, int]
+) -> Complex[np.ndarray, "n1 n2 cout cin"]:
     """``T(f)`` for every frequency ``f`` of an ``n1 x n2`` input (complex128)."""
     kernel, (n1, n2) = _check_kernel(kernel, input_hw)
     kh, kw, cin, cout = kernel.shape
@@ -61,8 +62,9 @@ def conv_transfer_matrices(kernel: Float[np.ndarray, "kh kw cin cout"], input_hw
     return np.transpose(transfer, (0, 1, 3, 2))
 
 
-def conv_singular_values(kernel: Float[np.ndarray, "kh kw cin cout"], input_hw: tuple[int, int]
-                         ) -> Float[np.ndarray, " r"]:
+def conv_singular_values(
+    kernel: Float[np.ndarray, "kh kw cin cout"], input_hw: tuple[int, int]
+) -> Float[np.ndarray, " r"]:
     """All ``n1 n2 min(cin, cout)`` singular values of the circular convolution, descending."""
     s = np.linalg.svd(conv_transfer_matrices(kernel, input_hw), compute_uv=False)
     return np.sort(s.ravel())[::-1]
@@ -83,8 +85,12 @@ class ConvSpectrum(NamedTuple):
     tol: float
 
 
-def conv_spectrum(kernel: Float[np.ndarray, "kh kw cin cout"], input_hw: tuple[int, int], *,
-                  tol: float | None = None) -> ConvSpectrum:
+def conv_spectrum(
+    kernel: Float[np.ndarray, "kh kw cin cout"],
+    input_hw: tuple[int, int],
+    *,
+    tol: float | None = None,
+) -> ConvSpectrum:
     """Operator norm, ``sigma_min``, condition number and near-zero count of a circular conv.
 
     ``tol`` defaults to ``max(n_in, n_out) * eps(float32) * sigma_max``, the resolution of a
@@ -99,23 +105,32 @@ def conv_spectrum(kernel: Float[np.ndarray, "kh kw cin cout"], input_hw: tuple[i
     rank = int(np.sum(s > tol))
     smin = float(s[-1]) if n_out >= n_in else 0.0
     return ConvSpectrum(
-        singular_values=s, operator_norm=top, sigma_min=smin,
+        singular_values=s,
+        operator_norm=top,
+        sigma_min=smin,
         condition_number=top / smin if smin > tol else float("inf"),
-        n_near_zero=int(np.sum(s <= tol)), rank=rank, nullity=n_in - rank,
-        n_in=n_in, n_out=n_out, tol=tol,
+        n_near_zero=int(np.sum(s <= tol)),
+        rank=rank,
+        nullity=n_in - rank,
+        n_in=n_in,
+        n_out=n_out,
+        tol=tol,
     )
 
 
 def _check_x(x, kernel, channels, name):
     x = jnp.asarray(x)
     if x.ndim != 4 or x.shape[-1] != channels:
-        raise ValueError(f"{name} must be NHWC with {channels} channels for kernel "
-                         f"{tuple(kernel.shape)}, got shape {x.shape}")
+        raise ValueError(
+            f"{name} must be NHWC with {channels} channels for kernel "
+            f"{tuple(kernel.shape)}, got shape {x.shape}"
+        )
     return x
 
 
-def circular_conv2d(x: Float[Array, "b h w cin"], kernel: Float[Array, "kh kw cin cout"]
-                    ) -> Float[Array, "b h w cout"]:
+def circular_conv2d(
+    x: Float[Array, "b h w cin"], kernel: Float[Array, "kh kw cin cout"]
+) -> Float[Array, "b h w cout"]:
     """The circular convolution of the module docstring, applied by FFT (any batch size)."""
     kernel_np, _ = _check_kernel(kernel, (1, 1))
     x = _check_x(x, kernel_np, kernel_np.shape[2], "x")
@@ -131,8 +146,9 @@ def _apply_per_frequency(T, x):
     return jnp.real(jnp.fft.ifft2(yf, axes=(1, 2))).astype(x.dtype)
 
 
-def circular_conv2d_pinv(y: Float[Array, "b h w cout"], kernel: Float[Array, "kh kw cin cout"], *,
-                         rcond: float = 1e-6) -> Float[Array, "b h w cin"]:
+def circular_conv2d_pinv(
+    y: Float[Array, "b h w cout"], kernel: Float[Array, "kh kw cin cout"], *, rcond: float = 1e-6
+) -> Float[Array, "b h w cin"]:
     """Moore-Penrose pseudo-inverse of :func:`circular_conv2d` applied to ``y``.
 
     Per frequency ``x^(f) = pinv(T(f)) y^(f)``, singular values below ``rcond * sigma_max(T(f))``
@@ -146,8 +162,9 @@ def circular_conv2d_pinv(y: Float[Array, "b h w cout"], kernel: Float[Array, "kh
     return _apply_per_frequency(P, y)
 
 
-def conv_singular_values_dense(conv_fn: Callable[[Array], Array], input_shape: tuple[int, ...]
-                               ) -> Float[np.ndarray, " r"]:
+def conv_singular_values_dense(
+    conv_fn: Callable[[Array], Array], input_shape: tuple[int, ...]
+) -> Float[np.ndarray, " r"]:
     """Singular values of a linear ``conv_fn`` (any padding or stride) from its dense Jacobian.
 
     ``input_shape`` is the full NHWC shape (batch 1); small inputs only (the Jacobian is

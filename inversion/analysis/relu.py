@@ -106,9 +106,13 @@ def _slack_lp(WS, c, G, h, n, tol, objective_row=None):
     Returns the optimum (``s*`` or the row's largest slack, capped at 1), or -inf if infeasible.
     """
     ones = np.ones((len(h), 1))
-    A_ub = np.vstack([np.hstack([WS, np.zeros((len(c), 1))]),
-                      np.hstack([-WS, np.zeros((len(c), 1))]),
-                      np.hstack([G, ones if objective_row is None else np.zeros_like(ones)])])
+    A_ub = np.vstack(
+        [
+            np.hstack([WS, np.zeros((len(c), 1))]),
+            np.hstack([-WS, np.zeros((len(c), 1))]),
+            np.hstack([G, ones if objective_row is None else np.zeros_like(ones)]),
+        ]
+    )
     b_ub = np.concatenate([c + tol, -c + tol, h])
     cost = np.zeros(n + 1)
     cost[-1] = -1.0
@@ -147,8 +151,9 @@ def _recession_ray(G, N):
     A = A[norms > 0] / norms[norms > 0, None]
     if A.shape[0] == 0:
         return N[:, 0]
-    res = linprog(A.sum(axis=0), A_ub=A, b_ub=np.zeros(A.shape[0]),
-                  bounds=[(-1, 1)] * k, method="highs")
+    res = linprog(
+        A.sum(axis=0), A_ub=A, b_ub=np.zeros(A.shape[0]), bounds=[(-1, 1)] * k, method="highs"
+    )
     if res.status != 0:
         raise RuntimeError(f"recession-cone LP failed: {res.message}")
     if -res.fun > 1e-6 * A.shape[0]:
@@ -162,8 +167,13 @@ def _recession_ray(G, N):
     return d / np.linalg.norm(d)
 
 
-def relu_preimage(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.ndarray, " m"], *,
-                  tol: float | None = None) -> ReluPreimage:
+def relu_preimage(
+    W: Mat,
+    b: Float[np.ndarray, " m"] | None,
+    y: Float[np.ndarray, " m"],
+    *,
+    tol: float | None = None,
+) -> ReluPreimage:
     """Describe ``P(y) = {x : relu(W x + b) = y}``: active set, dimension, boundedness.
 
     ``W`` is ``(m, n)``, ``b`` is ``(m,)`` or ``None`` (zero), ``y`` is ``(m,)`` and ``>= 0``.
@@ -182,14 +192,27 @@ def relu_preimage(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.ndarray
     else:
         inv_lip = float("inf")
     return ReluPreimage(
-        active=active, jacobian=np.where(active[:, None], W, 0.0), rank=rank, dim=dim,
-        unique=bool(dim == 0 and nonempty), bounded=ray is None, nonempty=bool(nonempty),
-        inverse_lipschitz=inv_lip, ray=ray, slack=slack, degenerate=n_tight > 0,
+        active=active,
+        jacobian=np.where(active[:, None], W, 0.0),
+        rank=rank,
+        dim=dim,
+        unique=bool(dim == 0 and nonempty),
+        bounded=ray is None,
+        nonempty=bool(nonempty),
+        inverse_lipschitz=inv_lip,
+        ray=ray,
+        slack=slack,
+        degenerate=n_tight > 0,
     )
 
 
-def locally_injective(W: Mat, b: Float[np.ndarray, " m"] | None, X: Float[np.ndarray, "N n"], *,
-                      tol: float | None = None) -> Bool[np.ndarray, " N"]:
+def locally_injective(
+    W: Mat,
+    b: Float[np.ndarray, " m"] | None,
+    X: Float[np.ndarray, "N n"],
+    *,
+    tol: float | None = None,
+) -> Bool[np.ndarray, " N"]:
     """For each row ``x`` of ``X``: is the local Jacobian ``D_S W`` of rank ``n``?
 
     Then ``P(relu(W x + b)) = {x}`` (a single point) and the layer is injective near ``x``.

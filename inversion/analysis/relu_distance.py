@@ -44,9 +44,14 @@ def _least_distance(Gp, hp):
     return -scale * r[:k] / r[-1]
 
 
-def project_to_preimage(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.ndarray, " m"],
-                        x: Float[np.ndarray, " n"], *, tol: float | None = None
-                        ) -> Float[np.ndarray, " n"] | None:
+def project_to_preimage(
+    W: Mat,
+    b: Float[np.ndarray, " m"] | None,
+    y: Float[np.ndarray, " m"],
+    x: Float[np.ndarray, " n"],
+    *,
+    tol: float | None = None,
+) -> Float[np.ndarray, " n"] | None:
     """Euclidean projection of ``x`` onto ``P(y)``, or ``None`` when ``P(y)`` is empty.
 
     ``z = argmin ||z - x||_2  s.t.  W_S z = y_S - b_S,  W_{S^c} z <= -b_{S^c}``. Exact and
@@ -89,8 +94,14 @@ def project_to_preimage(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.n
     return z
 
 
-def distance_to_preimage(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.ndarray, " m"],
-                         x: Float[np.ndarray, " n"], *, tol: float | None = None) -> float:
+def distance_to_preimage(
+    W: Mat,
+    b: Float[np.ndarray, " m"] | None,
+    y: Float[np.ndarray, " m"],
+    x: Float[np.ndarray, " n"],
+    *,
+    tol: float | None = None,
+) -> float:
     """``min_{z in P(y)} ||z - x||_2`` (``inf`` when ``P(y)`` is empty); see
     :func:`project_to_preimage`. Zero (up to round-off) for any true input of ``y``."""
     z = project_to_preimage(W, b, y, x, tol=tol)
@@ -107,9 +118,15 @@ class ErrorSplit(NamedTuple):
     network: float  # ||z - x_true||: the part no optimiser could remove from the output alone
 
 
-def preimage_error_split(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.ndarray, " m"],
-                         x_rec: Float[np.ndarray, " n"], x_true: Float[np.ndarray, " n"], *,
-                         tol: float | None = None) -> ErrorSplit:
+def preimage_error_split(
+    W: Mat,
+    b: Float[np.ndarray, " m"] | None,
+    y: Float[np.ndarray, " m"],
+    x_rec: Float[np.ndarray, " n"],
+    x_true: Float[np.ndarray, " n"],
+    *,
+    tol: float | None = None,
+) -> ErrorSplit:
     """Split ``||x_rec - x_true||`` into the optimiser's and the network's parts.
 
     With ``z`` the projection of ``x_rec`` onto the convex set ``P(y)`` (which contains
@@ -122,6 +139,8 @@ def preimage_error_split(W: Mat, b: Float[np.ndarray, " m"] | None, y: Float[np.
     z = project_to_preimage(W, b, y, x_rec, tol=tol)
     if z is None:
         raise ValueError("P(y) is empty: y is not an output of this layer (within tol)")
-    return ErrorSplit(total=float(np.linalg.norm(x_rec - x_true)),
-                      optimiser=float(np.linalg.norm(x_rec - z)),
-                      network=float(np.linalg.norm(z - x_true)))
+    return ErrorSplit(
+        total=float(np.linalg.norm(x_rec - x_true)),
+        optimiser=float(np.linalg.norm(x_rec - z)),
+        network=float(np.linalg.norm(z - x_true)),
+    )

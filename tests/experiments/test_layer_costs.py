@@ -12,8 +12,9 @@ from experiments import layer_costs
 
 
 def _lax(x, k):
-    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def _value_and_input_gradient(conv, x, k, c):
@@ -37,8 +38,9 @@ def test_winograd_equals_lax_values_and_input_gradients(m, shape):
 
 
 def test_measure_reports_layers_and_steps():
-    out = layer_costs.measure(rows=1, repeats=1, step_rows=(2,), matmul_n=128, only=("dec2",),
-                              log=lambda _: None)
+    out = layer_costs.measure(
+        rows=1, repeats=1, step_rows=(2,), matmul_n=128, only=("dec2",), log=lambda _: None
+    )
     convs = out["layers"]
     assert {r["layer"] for r in convs} == {"dec2 conv 3x3 64->32"}
     assert {r["variant"] for r in convs} == {"engine (lax)", "winograd F(2,3)", "winograd F(4,3)"}

@@ -9,17 +9,29 @@ from experiments import throughput
 
 
 def test_measure_reports_every_field_positive():
-    out = throughput.measure(size=16, batches=(2,), steps=3, repeats=1, matmul_n=128,
-                             log=lambda _: None)
+    out = throughput.measure(
+        size=16, batches=(2,), steps=3, repeats=1, matmul_n=128, log=lambda _: None
+    )
     assert out["machine"]["backend"] and out["machine"]["cpu"] and out["machine"]["cores"] >= 1
     assert out["matmul"]["before"]["gflops"] > 0 and out["matmul"]["after"]["gflops"] > 0
     (row,) = out["rows"]
     assert row["batch"] == 2 and row["loop"] == "auto"
-    for field in ("seconds", "targets_per_s", "ms_per_step", "flops_per_step", "gflops",
-                  "peak_fraction", "peak_memory_bytes"):
+    for field in (
+        "seconds",
+        "targets_per_s",
+        "ms_per_step",
+        "flops_per_step",
+        "gflops",
+        "peak_fraction",
+        "peak_memory_bytes",
+    ):
         assert math.isfinite(row[field]) and row[field] > 0, (field, row[field])
-    for field in ("compile_s", "memory_increase_bytes", "memory_per_target_bytes",
-                  "output_residual_median"):
+    for field in (
+        "compile_s",
+        "memory_increase_bytes",
+        "memory_per_target_bytes",
+        "output_residual_median",
+    ):
         assert math.isfinite(row[field]) and row[field] >= 0, (field, row[field])
     # the figures are consistent with each other
     assert row["targets_per_s"] == pytest.approx(2 / row["seconds"])

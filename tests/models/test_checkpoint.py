@@ -39,7 +39,8 @@ class Tiny(nnx.Module):
 
     def __call__(self, x):
         conv = lambda a, k: jax.lax.conv_general_dilated(  # noqa: E731
-            a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         return conv(jax.nn.relu(conv(x, self.k1[...])), self.k2[...]) + self.b[...]
 
 
@@ -53,8 +54,10 @@ def leaves(model):
 
 @pytest.fixture(scope="module")
 def data():
-    return (synthetic_scenes(jax.random.key(0), 16, size=16),
-            synthetic_scenes(jax.random.key(1), 8, size=16))
+    return (
+        synthetic_scenes(jax.random.key(0), 16, size=16),
+        synthetic_scenes(jax.random.key(1), 8, size=16),
+    )
 
 
 CONFIG = TrainConfig(steps=6, batch_size=8, learning_rate=3e-2, eval_every=3)
@@ -87,23 +90,29 @@ def test_steps_are_kept_apart_and_a_step_is_replaced(tmp_path):
     save_model(tmp_path, Tiny(seed=3), step=5)  # replaces step 5
     assert available_steps(tmp_path) == [0, 5]
     template = Tiny()
-    np.testing.assert_array_equal(leaves(restore_model(tmp_path, template, step=0))[0],
-                                  leaves(Tiny(seed=1))[0])
-    np.testing.assert_array_equal(leaves(restore_model(tmp_path, template))[0],
-                                  leaves(Tiny(seed=3))[0])
+    np.testing.assert_array_equal(
+        leaves(restore_model(tmp_path, template, step=0))[0], leaves(Tiny(seed=1))[0]
+    )
+    np.testing.assert_array_equal(
+        leaves(restore_model(tmp_path, template))[0], leaves(Tiny(seed=3))[0]
+    )
 
 
 def test_tree_round_trip_with_prng_key_and_keep(tmp_path):
-    tree = {"w": jnp.arange(6.0).reshape(2, 3), "key": jax.random.key(3),
-            "n": {"count": jnp.asarray(7, jnp.int32)}}
+    tree = {
+        "w": jnp.arange(6.0).reshape(2, 3),
+        "key": jax.random.key(3),
+        "n": {"count": jnp.asarray(7, jnp.int32)},
+    }
     for step in (1, 2, 3):
         save_tree(tmp_path, tree, step=step, metadata={"step": step}, keep=2)
     assert available_steps(tmp_path) == [2, 3]
     restored, meta = restore_tree(tmp_path, tree)
     assert meta == {"step": 3}
     np.testing.assert_array_equal(restored["w"], tree["w"])
-    np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
-                                  jax.random.key_data(tree["key"]))
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored["key"]), jax.random.key_data(tree["key"])
+    )
     assert int(restored["n"]["count"]) == 7
 
 
@@ -127,8 +136,11 @@ def test_another_model_is_a_checkpoint_error(tmp_path):
 
 
 def _array_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file()
-             and (p.parent.name == "d" or p.name.startswith("manifest"))]
+    files = [
+        p
+        for p in (step_dir / "state").rglob("*")
+        if p.is_file() and (p.parent.name == "d" or p.name.startswith("manifest"))
+    ]
     assert files, "expected tensorstore data files in the checkpoint"
     return files
 
@@ -181,10 +193,24 @@ def test_cached_train_trains_once_then_restores(tmp_path, data):
         calls.append(1)
         return Tiny(seed=2)
 
-    first = cached_train(build, {"width": 4}, train_set, config=CONFIG, eval_data=test_set,
-                         cache_dir=tmp_path, progress=False)
-    second = cached_train(build, {"width": 4}, train_set, config=CONFIG, eval_data=test_set,
-                          cache_dir=tmp_path, progress=False)
+    first = cached_train(
+        build,
+        {"width": 4},
+        train_set,
+        config=CONFIG,
+        eval_data=test_set,
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    second = cached_train(
+        build,
+        {"width": 4},
+        train_set,
+        config=CONFIG,
+        eval_data=test_set,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert not first.from_cache and second.from_cache
     assert second.history == json.loads(json.dumps(first.history))
     for a, b in zip(leaves(second.model), leaves(first.model), strict=True):
@@ -193,10 +219,24 @@ def test_cached_train_trains_once_then_restores(tmp_path, data):
     entries = list(tmp_path.iterdir())
     assert len(entries) == 1 and not (entries[0] / "train").exists()  # training ckpts removed
 
-    other = cached_train(build, {"width": 4}, train_set, config=dataclasses.replace(CONFIG, seed=1),
-                         cache_dir=tmp_path, progress=False)
-    again = cached_train(build, {"width": 4}, train_set, config=CONFIG, eval_data=test_set,
-                         cache_dir=tmp_path, retrain=True, progress=False)
+    other = cached_train(
+        build,
+        {"width": 4},
+        train_set,
+        config=dataclasses.replace(CONFIG, seed=1),
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    again = cached_train(
+        build,
+        {"width": 4},
+        train_set,
+        config=CONFIG,
+        eval_data=test_set,
+        cache_dir=tmp_path,
+        retrain=True,
+        progress=False,
+    )
     assert not other.from_cache and not again.from_cache and len(list(tmp_path.iterdir())) == 2
 
 
@@ -204,18 +244,21 @@ def test_cached_train_trains_once_then_restores(tmp_path, data):
 def test_cached_train_uses_env_dir_and_retrains_a_damaged_entry(tmp_path, data, monkeypatch):
     train_set, _ = data
     monkeypatch.setenv("INVERSION_CACHE", str(tmp_path))
-    first = cached_train(lambda: Tiny(seed=2), {"width": 4}, train_set, config=CONFIG,
-                         progress=False)
+    first = cached_train(
+        lambda: Tiny(seed=2), {"width": 4}, train_set, config=CONFIG, progress=False
+    )
     (entry,) = tmp_path.iterdir()
     for f in _array_files(entry / "model" / str(CONFIG.steps)):
         f.write_bytes(b"garbage")
     with pytest.warns(RuntimeWarning, match="damaged cache entry"):
-        retrained = cached_train(lambda: Tiny(seed=2), {"width": 4}, train_set, config=CONFIG,
-                                 progress=False)
+        retrained = cached_train(
+            lambda: Tiny(seed=2), {"width": 4}, train_set, config=CONFIG, progress=False
+        )
     assert not retrained.from_cache
     np.testing.assert_array_equal(leaves(retrained.model)[0], leaves(first.model)[0])
-    assert cached_train(lambda: Tiny(seed=2), {"width": 4}, train_set, config=CONFIG,
-                        progress=False).from_cache
+    assert cached_train(
+        lambda: Tiny(seed=2), {"width": 4}, train_set, config=CONFIG, progress=False
+    ).from_cache
 
 
 def test_cache_key_depends_on_everything_that_changes_the_model(data):

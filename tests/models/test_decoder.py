@@ -21,13 +21,21 @@ def test_shapes_follow_upsampling():
     dec = Decoder(64, 1, width=8, depth=1, upsample=2, rngs=nnx.Rngs(0))
     assert dec(jnp.zeros((2, 8, 8, 64))).shape == (2, 32, 32, 1)
     assert Decoder(3, 2, width=4, depth=0, rngs=nnx.Rngs(0))(jnp.zeros((1, 5, 7, 3))).shape == (
-        1, 5, 7, 2)
+        1,
+        5,
+        7,
+        2,
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(in_channels=0), "in_channels.*>= 1.*0"), (dict(in_channels=1, upsample=-1), "upsample"),
-     (dict(in_channels=1, width=True), "width"), (dict(in_channels=1, depth=1.5), "depth")],
+    [
+        (dict(in_channels=0), "in_channels.*>= 1.*0"),
+        (dict(in_channels=1, upsample=-1), "upsample"),
+        (dict(in_channels=1, width=True), "width"),
+        (dict(in_channels=1, depth=1.5), "depth"),
+    ],
 )
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -42,8 +50,9 @@ def test_bad_activations_raise():
         dec(jnp.zeros((8, 8, 4)))
 
 
-CONFIG = TrainConfig(task="regression", steps=300, batch_size=32, learning_rate=1e-2,
-                     eval_every=300)
+CONFIG = TrainConfig(
+    task="regression", steps=300, batch_size=32, learning_rate=1e-2, eval_every=300
+)
 
 
 def test_learns_an_injective_map():
@@ -51,8 +60,9 @@ def test_learns_an_injective_map():
     constant guess (the training mean)."""
     x_train, x_test = _images(128, 8, 0), _images(32, 8, 1)
     dec = Decoder(1, 1, width=8, depth=1, rngs=nnx.Rngs(0))
-    config = TrainConfig(task="regression", steps=600, batch_size=32, learning_rate=1e-2,
-                         eval_every=600)
+    config = TrainConfig(
+        task="regression", steps=600, batch_size=32, learning_rate=1e-2, eval_every=600
+    )
     train(dec, (3 * x_train - 1, x_train), config=config, progress=False)
     constant = _rel(np.full_like(x_test, x_train.mean()), x_test)
     assert _rel(dec(jnp.asarray(3 * x_test - 1)), x_test) < 0.25 * constant

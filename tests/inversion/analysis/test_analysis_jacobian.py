@@ -52,8 +52,9 @@ def test_lanczos_finds_exact_rank_when_tail_reached():
 
 
 def test_layerwise_and_summary():
-    out = layerwise_spectra({"id": lambda x: x, "sum": lambda x: jnp.sum(x, keepdims=True)},
-                            jnp.ones(4))
+    out = layerwise_spectra(
+        {"id": lambda x: x, "sum": lambda x: jnp.sum(x, keepdims=True)}, jnp.ones(4)
+    )
     assert out["id"].rank == 4 and out["sum"].rank == 1 and out["sum"].nullity == 3
     summary = summarize_spectrum([3.0, 0.0, 1.0], n_in=3, n_out=3, tol=0.5)
     np.testing.assert_array_equal(summary.singular_values, [3.0, 1.0, 0.0])
