@@ -24,6 +24,8 @@ reproduce: $(STAMP)
 	$(PY) -m experiments reproduce --out $(OUT)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/ruff format --check --quiet .
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The suite against the newest versions the ranges in pyproject.toml admit (not the lock),
