@@ -1,10 +1,10 @@
 """U-Net layer by layer: how well does each intermediate activation determine the input?
 
 Command:  python -m experiments.unet_layerwise [--out results] [--quick | --full] [--set k=v ...]
-Runtime (2-core CPU): default 274 s in a cold ``make reproduce`` on a fresh clone (10 min 12 s
-for all experiments), most of it training the six U-Nets of the output verdict (seed and
-no-skip U-Net x init keys 0, 1, 2; cached afterwards; 481 s on a machine loaded by other
-jobs); --quick 124 s in the test suite (two quick U-Nets trained); --full (12 images x 2,000
+Runtime (2-core CPU): default 140 s in a cold ``make reproduce`` on a fresh clone of an
+otherwise idle machine (5 min 56 s for all experiments; 274 s and 10 min 12 s beside other
+jobs), most of it training the six U-Nets of the output verdict (seed and no-skip U-Net x
+init keys 0, 1, 2; cached afterwards); --quick 124 s in the test suite (two quick U-Nets trained); --full (12 images x 2,000
 steps, 16 verdict scenes) not yet measured.
 
 Method (Mahendran & Vedaldi 2015). Inputs ``x0`` are the centre 16x16 crops of test scenes
