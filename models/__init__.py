@@ -1,12 +1,13 @@
 """Everything with weights: pure layers, Flax NNX models, data, training, checkpoints."""
 
-from models import data, layers
+from models import data, layers, probes
 from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
 from models.decoder import Decoder
 from models.dense import MLP, Linear
 from models.flows import ActNorm, AffineCoupling, Bijector, Flow
 from models.losses import dice, iou, segmentation_loss
-from models.pure import count_parameters, feature_fn, layer_names, split
+from models.probes import ProbeParams, evaluate_probe, probe_predict, train_probe
+from models.pure import activations, count_parameters, feature_fn, layer_names, split
 from models.seed import SEED_UNET_CONFIG, SEED_UNET_PARAMETERS, seed_unet
 from models.training import TrainConfig, TrainResult, evaluate, train
 from models.unet import UNet
@@ -22,22 +23,28 @@ __all__ = [
     "Decoder",
     "Flow",
     "Linear",
+    "ProbeParams",
     "TrainConfig",
     "TrainResult",
     "UNet",
+    "activations",
     "cached_train",
     "count_parameters",
     "data",
     "dice",
     "evaluate",
+    "evaluate_probe",
     "feature_fn",
     "iou",
     "layer_names",
     "layers",
+    "probe_predict",
+    "probes",
     "restore_model",
     "save_model",
     "seed_unet",
     "segmentation_loss",
     "split",
     "train",
+    "train_probe",
 ]
