@@ -59,6 +59,21 @@ def feature_fn(model, name: str) -> tuple[Callable[[nnx.State, jax.Array], jax.A
     return fn, params
 
 
+def activations(model, x) -> dict[str, jax.Array]:
+    """Every named intermediate of ``model`` for input ``x``, from one forward pass.
+
+    Returns ``{name: activation}`` with the names of :func:`layer_names` in forward order (the
+    last is ``out``); each entry equals ``feature_fn(model, name)[0](params, x)``.
+    """
+    names = layer_names(model)
+    acts = model.features(x)
+    if list(acts) != names:
+        raise RuntimeError(
+            f"{type(model).__name__}.features returned {list(acts)}, not layer_names {names}"
+        )
+    return {name: acts[name] for name in names}
+
+
 def count_parameters(model) -> int:
     """Number of trainable scalars (``nnx.Param`` leaves) in the model (any NNX module)."""
     _check_module(model)
