@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 __all__ = [
     "activation_maps",
@@ -323,31 +325,65 @@ def activation_maps(
             rows.append((label, a[i][..., idx], idx))
     ncol = max(r[1].shape[-1] for r in rows)
     lim_all = _symmetric_limit([r[1] for r in rows])
-    fig = Figure(
-        figsize=(panel_size * ncol + 2.0, panel_size * len(rows) + 0.8), layout="constrained"
-    )
-    axes = fig.subplots(len(rows), ncol, squeeze=False)
+    # One axes per row showing the row's channels side by side (gaps are NaN, drawn white),
+    # in a fixed layout in inches: ~100 separate axes take seconds to draw.
+    left, top, bottom, cell_w, cell_h = 1.25, 0.45, 0.1, panel_size + 0.08, panel_size + 0.22
+    width, height = left + ncol * cell_w + 0.75, top + len(rows) * cell_h + bottom
+    fig = Figure(figsize=(width, height))
+
+    def rect(x, y, w, h):  # inches from the top-left corner -> figure fraction
+        return [x / width, 1.0 - (y + h) / height, w / width, h / height]
+
+    cmap = matplotlib.colormaps[DIVERGING].with_extremes(bad="white")
+    image = None
     for r, (label, maps, idx) in enumerate(rows):
         lim = lim_all if shared_scale else _symmetric_limit([maps])
-        image = None
-        for j in range(ncol):
-            ax = axes[r, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= maps.shape[-1]:
-                ax.set_axis_off()
-                continue
-            image = ax.imshow(
-                maps[..., j], cmap=DIVERGING, norm=_norm(lim), interpolation="nearest"
+        up = max(1, math.ceil(32 / maps.shape[1]))  # small maps: repeat pixels, exact gaps
+        maps = np.repeat(np.repeat(maps, up, axis=0), up, axis=1)
+        h, w, k = maps.shape
+        gap = max(1, round(w * 0.08 / panel_size))
+        mosaic = np.full((h, k * (w + gap) - gap), np.nan)
+        for j in range(k):
+            mosaic[:, j * (w + gap) : j * (w + gap) + w] = maps[..., j]
+        y = top + r * cell_h + 0.18
+        ax = fig.add_axes(rect(left, y, k * cell_w - 0.08, panel_size), label=f"row {label}")
+        image = ax.imshow(
+            mosaic, cmap=cmap, norm=_norm(lim), interpolation="nearest", aspect="auto"
+        )
+        for j in range(k):
+            ax.add_patch(
+                Rectangle(
+                    (j * (w + gap) - 0.5, -0.5), w, h, fill=False, lw=0.6, ec="k", clip_on=False
+                )
             )
-            ax.set_title(f"ch {int(idx[j])}", fontsize=7, pad=2)
-        axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        ax.set_axis_off()
+        for j, c in enumerate(idx):
+            ax.text(
+                j * (w + gap) + (w - 1) / 2,
+                -0.6,
+                f"ch {int(c)}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        ax.text(-0.08 * w, (h - 1) / 2, label, ha="right", va="center", fontsize=8)
         if not shared_scale:
-            cb = fig.colorbar(image, ax=axes[r, :].tolist(), shrink=0.9, pad=0.01)
-            cb.ax.tick_params(labelsize=6)
+            cax = fig.add_axes(
+                rect(left + ncol * cell_w + 0.05, y, 0.1, panel_size), label="<colorbar>"
+            )
+            fig.colorbar(image, cax=cax).ax.tick_params(labelsize=6)
     if shared_scale:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="activation")
+        span = len(rows) * cell_h - 0.22
+        cax = fig.add_axes(
+            rect(left + ncol * cell_w + 0.05, top + 0.18, 0.12, span), label="<colorbar>"
+        )
+        fig.colorbar(image, cax=cax, label="activation")
     scale = f"shared scale ±{lim_all:.3g}" if shared_scale else "per-row scale"
     head = title or "activation maps"
-    fig.suptitle(f"{head}: top {channels} channels by variance ({scale}, 0 = white)", fontsize=10)
+    fig.suptitle(
+        f"{head}: top {channels} channels by variance ({scale}, 0 = white)",
+        fontsize=10,
+        y=1.0 - 0.12 / height,
+        va="top",
+    )
     return fig

@@ -122,6 +122,14 @@ def test_top_channels_by_variance():
         plots.top_channels(np.zeros((4, 4)), 1)
 
 
+def _rows(fig):
+    return [ax for ax in fig.axes if ax.get_label().startswith("row ")]
+
+
+def _texts(ax):
+    return [t.get_text() for t in ax.texts]
+
+
 def test_activation_maps_rows_top_k_and_colorbars():
     rng = np.random.default_rng(1)
     scale = 2.0 ** np.arange(16)
@@ -130,22 +138,31 @@ def test_activation_maps_rows_top_k_and_colorbars():
         "pool1": np.abs(rng.normal(size=(3, 4, 4, 2))),
     }
     fig = plots.activation_maps(acts, channels=4, images=0)
-    panels = [ax for ax in _panels(fig) if ax.images]
-    assert len(panels) == 4 + 2 and len(_colorbars(fig)) == 2  # one colorbar per row
-    assert [ax.get_title() for ax in panels[:4]] == ["ch 15", "ch 14", "ch 13", "ch 12"]
-    np.testing.assert_allclose(panels[0].images[0].get_array(), acts["enc1"][0, ..., 15])
-    labels = [ax.get_ylabel() for ax in _panels(fig) if ax.get_ylabel()]
-    assert labels == ["enc1", "pool1"]
+    rows = _rows(fig)
+    assert len(rows) == 2 and len(_colorbars(fig)) == 2  # one colorbar per row
+    assert [ax.get_label() for ax in rows] == ["row enc1", "row pool1"]
+    assert _texts(rows[0]) == ["ch 15", "ch 14", "ch 13", "ch 12", "enc1"]
+    assert _texts(rows[1]) == ["ch 0", "ch 1", "pool1"] or _texts(rows[1]) == [
+        "ch 1",
+        "ch 0",
+        "pool1",
+    ]
+    mosaic = np.ma.filled(rows[0].images[0].get_array(), np.nan)
+    up = 32 // 8  # maps smaller than 32 pixels are shown with repeated pixels
+    np.testing.assert_allclose(mosaic[::up, : 8 * up : up], acts["enc1"][0, ..., 15])
+    assert np.isnan(mosaic[:, 8 * up]).all()  # the white gap between panels
     assert "top 4 channels by variance" in fig.get_suptitle()
     assert "per-row scale" in fig.get_suptitle()
-    norm = panels[0].images[0].norm
+    norm = rows[0].images[0].norm
     assert norm.vcenter == 0.0 and norm.vmin == -norm.vmax
+    assert norm.vmax == pytest.approx(np.abs(acts["enc1"][0][..., 12:]).max())
 
     fig = plots.activation_maps(acts, channels=2, images=[0, 2], shared_scale=True)
-    panels = [ax for ax in _panels(fig) if ax.images]
-    assert len(panels) == 2 * (2 + 2) and len(_colorbars(fig)) == 1
+    rows = _rows(fig)
+    assert len(rows) == 2 * 2 and len(_colorbars(fig)) == 1
+    assert "image 2" in rows[-1].get_label()
     assert "shared scale" in fig.get_suptitle()
-    assert len({ax.images[0].norm.vmax for ax in panels}) == 1
+    assert len({ax.images[0].norm.vmax for ax in rows}) == 1
 
 
 def test_activation_maps_bad_input():
