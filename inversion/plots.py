@@ -296,6 +296,7 @@ def activation_maps(
     shared_scale: bool = False,
     title: str | None = None,
     panel_size: float = 1.1,
+    image_labels: Sequence[str] | None = None,
 ) -> Figure:
     """Feature maps of several layers: one row per layer (its name on the left), the top
     ``channels`` channels by variance (over the shown images) in each row.
@@ -304,7 +305,8 @@ def activation_maps(
     the batch to show (an index or a list; each image adds a block of rows). Signed values use
     a diverging colormap centred at 0. ``shared_scale=True``: one symmetric scale over all
     rows and one colorbar; ``False``: each row its own symmetric scale and colorbar. The title
-    states which, with the channel indices in each panel title.
+    states which, with the channel indices in each panel title. ``image_labels``: names of
+    the batch's images for the row labels (default ``image <index>``).
     """
     _check_mapping(named_activations, "named_activations")
     if not isinstance(channels, int | np.integer) or channels < 1:
@@ -317,11 +319,14 @@ def activation_maps(
     picks = [images] if isinstance(images, int | np.integer) else list(images)
     if not picks or any(not isinstance(i, int | np.integer) or not 0 <= i < n for i in picks):
         raise ValueError(f"images must be indices in [0, {n}), got {images!r}")
+    if image_labels is not None and len(image_labels) < n:
+        raise ValueError(f"image_labels has {len(image_labels)} names for {n} images")
     rows = []  # (label, maps (h, w, k), channel indices)
     for i in picks:
         for name, a in arrays.items():
             idx = top_channels(a[picks], channels)
-            label = name if len(picks) == 1 else f"{name}\nimage {i}"
+            image_name = f"image {i}" if image_labels is None else str(image_labels[i])
+            label = name if len(picks) == 1 else f"{name}\n{image_name}"
             rows.append((label, a[i][..., idx], idx))
     ncol = max(r[1].shape[-1] for r in rows)
     lim_all = _symmetric_limit([r[1] for r in rows])

@@ -161,6 +161,10 @@ def test_activation_maps_rows_top_k_and_colorbars():
     rows = _rows(fig)
     assert len(rows) == 2 * 2 and len(_colorbars(fig)) == 1
     assert "image 2" in rows[-1].get_label()
+    labelled = plots.activation_maps(acts, channels=1, images=[0, 1], image_labels="abc")
+    assert [ax.get_label() for ax in _rows(labelled)][-1] == "row pool1\nb"
+    with pytest.raises(ValueError, match="image_labels"):
+        plots.activation_maps(acts, images=[0, 1], image_labels=["a"])
     assert "shared scale" in fig.get_suptitle()
     assert len({ax.images[0].norm.vmax for ax in rows}) == 1
 
