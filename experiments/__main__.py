@@ -45,6 +45,7 @@ EXPERIMENTS = (
     "unet_layerwise",
     "preimage_spread",
     "alternatives",
+    "visualisation",
 )
 
 

@@ -111,6 +111,12 @@ PINNED = {
             targets=16, steps=400, train_steps=400, n_train=2000, train_profile="default"
         ),
     },
+    "visualisation": {
+        "quick": dict(scenes=1, channels=4, bottleneck_channels=8, bins=40, train_profile="quick"),
+        "default": dict(
+            scenes=3, channels=8, bottleneck_channels=16, bins=40, train_profile="default"
+        ),
+    },
 }
 
 
