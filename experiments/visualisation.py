@@ -10,8 +10,8 @@ every other U-Net experiment; the quick smoke test, training included, takes 24 
 What it shows (the trained model is ``experiments.common.trained_seed_unet``, the untrained one
 ``models.seed_unet(0)``, the same initialisation before training):
 
-* ``kernels_trained.png`` / ``kernels_init.png``: the 16 first-layer 3x3 kernels (one shared,
-  symmetric colour scale per figure, stated in its title);
+* ``kernels_trained.png`` / ``kernels_init.png``: the 16 first-layer 3x3 kernels (the same
+  symmetric colour scale in both, stated in the titles); ``kernels_change.png``: trained - init;
 * ``weight_histograms.png``: the kernel weights of every weighted layer (``conv_layers()``:
   enc1.conv1, enc2.conv1, bottleneck.conv1, up2, dec2.conv1, up1, out), trained and init
   overlaid on the same bins;
@@ -130,12 +130,23 @@ def run(config: Config, out: pathlib.Path) -> dict:
         written.append(name)
 
     conv = {label: net.conv_layers() for label, net in nets.items()}
-    for label in nets:
-        kernel = np.asarray(conv[label]["enc1.conv1"].kernel[...])
+    first = {label: np.asarray(conv[label]["enc1.conv1"].kernel[...]) for label in nets}
+    scale = max(float(np.abs(k).max()) for k in first.values())
+    for label, kernel in first.items():
         save(
-            plots.kernel_grid(kernel, title=f"{label} U-Net: the 16 first-layer kernels"),
+            plots.kernel_grid(
+                kernel, title=f"{label} U-Net: the 16 first-layer kernels", vmax=scale
+            ),
             f"kernels_{label}.png",
         )
+    save(
+        plots.kernel_grid(
+            first["trained"] - first["init"],
+            title="change in training (trained - init)",
+            label="weight change",
+        ),
+        "kernels_change.png",
+    )
     weights = {
         label: {name: np.asarray(layer.kernel[...]) for name, layer in conv[label].items()}
         for label in nets
@@ -185,9 +196,9 @@ def run(config: Config, out: pathlib.Path) -> dict:
         "references": [
             reference(
                 "figures: first-layer kernels, weight histograms, activation maps (DESIGN §5)",
-                2 + 1 + 2 * len(labels) + 4,
+                3 + 1 + 2 * len(labels) + 4,
                 len(written),
-                len(written) == 2 + 1 + 2 * len(labels) + 4,
+                len(written) == 3 + 1 + 2 * len(labels) + 4,
                 source="DESIGN.md §5, visualisation row",
             )
         ],

@@ -151,6 +151,8 @@ def kernel_grid(
     title: str = "kernels",
     shared_scale: bool = True,
     columns: int | None = None,
+    vmax: float | None = None,
+    label: str = "weight",
 ) -> Figure:
     """The spatial filters of a conv kernel (``(kh, kw, in, out)``, HWIO) as small images.
 
@@ -159,6 +161,8 @@ def kernel_grid(
     unless ``input_channel`` is None and the kernel has one input channel. Diverging colormap
     centred at 0; ``shared_scale=True``: one symmetric scale and one colorbar for all panels,
     ``False``: each panel its own symmetric scale and colorbar. The title states which.
+    ``vmax``: the shared scale's limit (e.g. the same for two figures to compare), by default
+    the largest ``|weight|`` shown. ``label``: the colorbar's label.
     """
     k = _as_array(kernel_hwio, "kernel_hwio", ndim=4)
     kh, kw, cin, cout = k.shape
@@ -183,6 +187,10 @@ def kernel_grid(
     fig = Figure(figsize=(1.3 * ncol + 1.2, 1.35 * nrow + 0.7), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
     lim = _symmetric_limit(panels)
+    if vmax is not None:
+        if not shared_scale or not np.isfinite(vmax) or vmax <= 0:
+            raise ValueError(f"vmax must be a positive number with shared_scale=True, got {vmax!r}")
+        lim = float(vmax)
     image = None
     for ax, c, panel in zip(axes, chosen, panels, strict=False):
         norm = _norm(lim if shared_scale else _symmetric_limit([panel]))
@@ -195,7 +203,7 @@ def kernel_grid(
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
     if shared_scale:
-        fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="weight")
+        fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label=label)
     scale = f"shared scale ±{lim:.3g}" if shared_scale else "per-panel scale"
     where = f", input channel {input_channel}" if cin > 1 else ""
     fig.suptitle(f"{title} ({kh}x{kw}{where}; {scale})", fontsize=10)

@@ -15,7 +15,8 @@ def test_visualisation_quick_writes_figures_and_statistics(tmp_path):
     folder = tmp_path / visualisation.NAME
     inputs = ["scene0", "phantom", "camera"]
     assert metrics["inputs"] == inputs
-    expected = {"kernels_trained.png", "kernels_init.png", "weight_histograms.png"}
+    expected = {"kernels_trained.png", "kernels_init.png", "kernels_change.png"}
+    expected.add("weight_histograms.png")
     for model in ("trained", "init"):
         expected |= {f"activations_{model}_{name}.png" for name in inputs}
         expected |= {f"first_layer_{model}.png", f"bottleneck_{model}.png"}

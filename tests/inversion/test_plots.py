@@ -88,6 +88,10 @@ def test_kernel_grid_channel_selection_and_errors():
         plots.kernel_grid(k, input_channel=2)
     with pytest.raises(TypeError, match="numeric"):
         plots.kernel_grid("kernel")
+    fig = plots.kernel_grid(k, vmax=10.0)
+    assert fig.axes[0].images[0].norm.vmax == 10.0 and "±10" in fig.get_suptitle()
+    with pytest.raises(ValueError, match="vmax"):
+        plots.kernel_grid(k, vmax=-1.0)
 
 
 def test_weight_histograms_panels_series_and_errors():
