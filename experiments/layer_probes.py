@@ -1,0 +1,384 @@
+"""How well does each U-Net layer segment? Linear probes on frozen activations (study 002).
+
+Command:  python -m experiments.layer_probes [--out results] [--quick | --full] [--set k=v ...]
+Runtime (2-core CPU, both U-Nets cached): default MEASURED_DEFAULT; --quick MEASURED_QUICK;
+--full not yet measured.
+
+Method. For every named layer ``l`` of the trained seed U-Net (enc1, pool1, enc2, pool2,
+bottleneck, up2, cat2, dec2, up1, cat1, out) and of the same U-Net trained without skips
+(``experiments.common.trained_seed_unet``), the frozen activation ``A_l(x)`` is computed once for
+every image, and a linear probe (``models.probes``: a 1x1 convolution ``C_l -> 1`` on the
+standardised activation, bilinearly resized to the 32x32 input) is trained with Adam on the
+training masks with the U-Net's own loss, BCE + soft dice, full batch (quick 100 steps on 64
+images, default 150 on 128, full 1,000 on 1,000; learning rate 0.1), then scored with the
+per-image hard dice and IoU at ``sigma(z) > 0.5`` on held-out images (quick 32, default 128,
+full 256; mean and standard deviation over images). Two tasks:
+
+* ``scenes``: the synthetic scenes the U-Nets were trained on (probe training scenes drawn like
+  the U-Nets' training set, key 0; held out: the U-Nets' own test scenes, key 1);
+* ``phantoms``: CT-like Shepp-Logan phantoms with their tissue (body) masks
+  (``models.data.phantoms(key, n, size=32)``, keys 20 train / 21 test). The U-Nets were trained
+  on scenes only and never saw a phantom; only the probes are trained on phantoms.
+
+Baselines per task: a probe on the raw input (the same probe on ``x`` itself) and the network's
+own output thresholded at 0 (its own dice, without any probe).
+
+Information content (main figure, right): the float64 certificate of ``d A_l / d x`` at the
+centre 16x16 crops of test scenes (quick 1, default 2, full 8; ``experiments.unet_layerwise._certificates``:
+``inversion.analysis.certify_batch`` on the dict of named activations, ``summarize``), the
+largest nullity over the crops at the exact, float32 and 8-bit precisions.
+
+Reference row (study 002: "early layers capture low-level features, the deepest ones
+semantics, and the last decoder layers produce the best masks"): on the scenes with the seed
+U-Net, the mean probe dice of the early layers (enc1, pool1) below that of the last decoder
+layers (dec2, up1, cat1, out), and the best probe among those last decoder layers.
+
+Result measured (default profile): MEASURED_RESULT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+
+import models
+from experiments.common import (
+    TrainProfile,
+    cli,
+    experiment_dir,
+    reference,
+    save_figure,
+    trained_seed_unet,
+    write_metrics,
+)
+from experiments.config import ExperimentConfig, select_profile
+from experiments.unet_layerwise import _certificates
+from models.losses import dice, iou
+from models.probes import evaluate_probe, probe_predict, train_probe
+
+NAME = "layer_probes"
+VARIANTS = {"skips": True, "no_skips": False}
+TASKS = ("scenes", "phantoms")
+EARLY = ("enc1", "pool1")
+LATE = ("dec2", "up1", "cat1", "out")
+CERT_SIZE = 16  # certificates at the centre CERT_SIZE x CERT_SIZE crops (input dimension 256)
+BATCH = 128  # images per forward pass when caching activations
+PAD_CHANNELS = 64  # probe inputs are zero-padded to this many channels (one compile per size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """Defaults: the ``default`` profile."""
+
+    probe_train: int = 128  # training images of every probe (per task)
+    probe_test: int = 128  # held-out images the probes are scored on (per task)
+    steps: int = 150  # full-batch Adam steps per probe
+    lr: float = 0.1  # Adam learning rate of the probes
+    cert_images: int = 2  # test-scene crops certified per layer
+    train_profile: TrainProfile = "default"  # training sizes of the two U-Nets
+
+
+def get_config(profile: str = "default") -> Config:
+    """``'quick'``: 64/32 images, 100 steps, 1 crop (U-Nets trained quick); ``'default'``:
+    128/128, 150 steps, 2 crops; ``'full'``: 1,000/256, 1,000 steps, 8 crops."""
+    return select_profile(
+        profile,
+        quick=Config(
+            probe_train=64, probe_test=32, steps=100, cert_images=1, train_profile="quick"
+        ),
+        default=Config(),
+        full=Config(probe_train=1000, probe_test=256, steps=1000, cert_images=8),
+    )
+
+
+def _tasks(config: Config, test_scenes) -> dict:
+    """Per task, ``(train images, train masks, test images, test masks)``."""
+    scenes = models.data.synthetic_scenes(jax.random.key(0), config.probe_train, size=32)
+    train_ph = models.data.phantoms(jax.random.key(20), config.probe_train, size=32)
+    test_ph = models.data.phantoms(jax.random.key(21), config.probe_test, size=32)
+    n = config.probe_test
+    return {
+        "scenes": (scenes.images, scenes.masks, test_scenes.images[:n], test_scenes.masks[:n]),
+        "phantoms": (train_ph.images, train_ph.masks, test_ph.images, test_ph.masks),
+    }
+
+
+def activations(model, images) -> dict[str, np.ndarray]:
+    """Every named activation of the frozen ``model`` for ``images``, in chunks of ``BATCH``."""
+    graphdef, params = nnx.split(model)
+    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p).features(x))
+    parts = [forward(params, images[i : i + BATCH]) for i in range(0, images.shape[0], BATCH)]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+
+
+def _pad_channels(features, channels: int = PAD_CHANNELS) -> np.ndarray:
+    """``features`` with zero channels appended up to ``channels``. The probe is unchanged (a
+    constant channel is standardised to 0, so its weight gets zero gradient and stays 0), but
+    all layers of one resolution share one compiled training loop."""
+    extra = channels - features.shape[-1]
+    if extra <= 0:
+        return features
+    return np.concatenate([features, np.zeros((*features.shape[:-1], extra), np.float32)], -1)
+
+
+def _probe(features_train, masks_train, features_test, masks_test, config):
+    features_train, features_test = _pad_channels(features_train), _pad_channels(features_test)
+    params = train_probe(features_train, masks_train, steps=config.steps, learning_rate=config.lr)
+    result = evaluate_probe(params, features_test, masks_test)
+    example = np.asarray(probe_predict(params, features_test[:1], masks_test.shape[1:3]))[0, ..., 0]
+    return result, example
+
+
+def _summary(result: dict) -> dict:
+    return {
+        "dice": result["dice_mean"],
+        "dice_std": result["dice_std"],
+        "iou": result["iou_mean"],
+        "iou_std": result["iou_std"],
+        "dice_per_image": result["dice"],
+        "iou_per_image": result["iou"],
+    }
+
+
+def _own(logits, masks) -> dict:
+    d, j = np.asarray(dice(logits, masks)), np.asarray(iou(logits, masks))
+    return {
+        "dice": float(d.mean()),
+        "dice_std": float(d.std()),
+        "iou": float(j.mean()),
+        "iou_std": float(j.std()),
+    }
+
+
+def probe_layers(model, data, config) -> tuple[dict, dict]:
+    """Per layer, the held-out probe scores; and each layer's probe logits on test image 0."""
+    x_train, y_train, x_test, y_test = data
+    acts_train, acts_test = activations(model, x_train), activations(model, x_test)
+    per_layer, examples = {}, {}
+    for name in models.layer_names(model):
+        result, examples[name] = _probe(acts_train[name], y_train, acts_test[name], y_test, config)
+        per_layer[name] = {"shape": list(acts_test[name].shape[1:]), **_summary(result)}
+    own = _own(acts_test["out"], y_test)
+    return {"per_layer": per_layer, "own_output": own}, examples
+
+
+def _order(results) -> list[str]:
+    names = list(results["skips"]["layers"])
+    for n in results["no_skips"]["layers"]:
+        if n not in names:
+            names.append(n)
+    return names
+
+
+STYLES = {"skips": ("o-", "C0", "seed U-Net (skips)"), "no_skips": ("s--", "C1", "no-skip U-Net")}
+
+
+def _plot_main(path, results, baselines, key, label):
+    import matplotlib.pyplot as plt
+
+    order = _order(results)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for ax, task in zip(axes[:2], TASKS, strict=True):
+        for variant, (style, color, name) in STYLES.items():
+            rows = results[variant][task]["per_layer"]
+            xs = [order.index(n) for n in rows]
+            ax.errorbar(
+                xs,
+                [rows[n][key] for n in rows],
+                yerr=[rows[n][f"{key}_std"] for n in rows],
+                fmt=style,
+                color=color,
+                capsize=2,
+                label=f"probe, {name}",
+            )
+            own = results[variant][task]["own_output"][key]
+            ax.axhline(own, color=color, ls=":", lw=1.2, label=f"{name} own output (z > 0)")
+        ax.axhline(baselines[task][key], color="k", ls="-.", lw=1, label="probe on the raw input")
+        ax.set_xticks(range(len(order)), order, rotation=60, fontsize=8)
+        ax.set_xlabel("layer (forward order)")
+        ax.set_ylabel(f"held-out {label} (mean ± std over images)")
+        trained = "the U-Nets' own task" if task == "scenes" else "U-Nets never saw phantoms"
+        ax.set_title(f"{task} ({trained})", fontsize=9)
+        values = [baselines[task][key]] + [results[v][task]["own_output"][key] for v in VARIANTS]
+        for v in VARIANTS:
+            rows = results[v][task]["per_layer"].values()
+            values += [r[key] - r[f"{key}_std"] for r in rows]
+        ax.set_ylim(max(0.0, min(values) - 0.05), 1.01)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="best")
+    ax = axes[2]
+    for variant, (style, color, name) in STYLES.items():
+        rows = results[variant]["certificate"]
+        xs = [order.index(n) for n in rows]
+        for key_n, alpha, prec in (
+            ("nullity", 1.0, "exact"),
+            ("nullity_float32", 0.7, "float32"),
+            ("nullity_8bit", 0.4, "8-bit"),
+        ):
+            ax.plot(
+                xs,
+                [rows[n][key_n] for n in rows],
+                style,
+                color=color,
+                alpha=alpha,
+                ms=4 if prec == "exact" else 3,
+                label=f"{name}, {prec}",
+            )
+    n_in = CERT_SIZE * CERT_SIZE
+    ax.set_xticks(range(len(order)), order, rotation=60, fontsize=8)
+    ax.set_xlabel("layer (forward order)")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=-0.2)
+    ax.set_ylabel(f"input directions lost (nullity, of {n_in}; symlog)")
+    ax.set_title(
+        f"information content: float64 certificate at {CERT_SIZE}x{CERT_SIZE} crops (max)",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle(
+        f"linear probe {label} of each layer's frozen activation (left, middle) "
+        "beside the input information the layer keeps (right)",
+        fontsize=10,
+    )
+    save_figure(fig, path)
+
+
+def _plot_iou(path, results, baselines):
+    """Held-out IoU per layer (``inversion.plots.layer_curve``), with the baselines."""
+    from inversion.plots import layer_curve
+
+    series = {
+        f"{task}, {STYLES[v][2]}": {n: r["iou"] for n, r in results[v][task]["per_layer"].items()}
+        for task in TASKS
+        for v in VARIANTS
+    }
+    fig = layer_curve(
+        series,
+        ylabel="held-out IoU (mean over images)",
+        xlabel="layer (forward order)",
+        layers=_order(results),
+        title="linear probe IoU of each layer (scenes: the U-Nets' task; phantoms: never seen)",
+        figsize=(8.5, 4.2),
+    )
+    ax = fig.axes[0]
+    for task, color in zip(TASKS, ("k", "gray"), strict=True):
+        ax.axhline(
+            baselines[task]["iou"], color=color, ls="-.", lw=1, label=f"{task}: probe on the input"
+        )
+    ax.legend(fontsize=7, loc="lower left")
+    save_figure(fig, path)
+
+
+def _plot_examples(path, results, examples, images, masks):
+    import matplotlib.pyplot as plt
+
+    order = _order(results)
+    rows = [(t, v) for t in TASKS for v in VARIANTS]
+    fig, axes = plt.subplots(
+        len(rows), len(order) + 2, figsize=(1.2 * (len(order) + 2), 1.35 * len(rows)), squeeze=False
+    )
+    for r, (task, variant) in enumerate(rows):
+        axes[r, 0].imshow(images[task][..., 0], cmap="gray", vmin=0, vmax=1)
+        axes[r, 1].imshow(masks[task][..., 0], cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(f"{task}\n{variant.replace('_', ' ')}", fontsize=7)
+        if r == 0:
+            axes[r, 0].set_title("input", fontsize=7)
+            axes[r, 1].set_title("true mask", fontsize=7)
+        layers = results[variant][task]["per_layer"]
+        for c, name in enumerate(order, start=2):
+            ax = axes[r, c]
+            if name in layers:
+                ax.imshow(examples[task][variant][name] > 0, cmap="gray", vmin=0, vmax=1)
+                d = float(layers[name]["dice_per_image"][0])
+                ax.set_xlabel(f"dice {d:.2f}", fontsize=6, labelpad=1)
+            else:
+                ax.text(0.5, 0.5, "no such\nlayer", ha="center", va="center", fontsize=7)
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("probe masks (sigma(z) > 0.5) of held-out image 0 from each layer", fontsize=9)
+    save_figure(fig, path)
+
+
+def references(results) -> list[dict]:
+    rows = results["skips"]["scenes"]["per_layer"]
+    early = float(np.mean([rows[n]["dice"] for n in EARLY]))
+    late = float(np.mean([rows[n]["dice"] for n in LATE]))
+    best = max(rows, key=lambda n: rows[n]["dice"])
+    source = "study 002 (layer-wise segmentation quality; measured: linear probes)"
+    return [
+        reference(
+            f"seed U-Net on scenes: mean probe dice of the early layers {'/'.join(EARLY)} below "
+            f"that of the last decoder layers {'/'.join(LATE)}",
+            "early layers weak, late decoder layers strong",
+            {"early": early, "late": late, "per_layer": {n: rows[n]["dice"] for n in rows}},
+            early < late,
+            source=source,
+        ),
+        reference(
+            f"seed U-Net on scenes: the best probe is one of the last decoder layers {LATE}",
+            "the last decoder layers produce the best masks",
+            {"best_layer": best, "best_dice": rows[best]["dice"]},
+            best in LATE,
+            source=source,
+        ),
+    ]
+
+
+def run(config: Config, out: pathlib.Path) -> dict:
+    directory = experiment_dir(out, NAME)
+    results, examples, baselines = {}, {t: {} for t in TASKS}, {}
+    data = None
+    for variant, skips in VARIANTS.items():
+        model, test_set, history = trained_seed_unet(
+            train_profile=config.train_profile, skips=skips
+        )
+        data = data or _tasks(config, test_set)
+        res = {"layers": models.layer_names(model), "test_dice": history["eval"][-1]["dice"]}
+        for task in TASKS:
+            res[task], examples[task][variant] = probe_layers(model, data[task], config)
+        lo = (test_set.images.shape[1] - CERT_SIZE) // 2
+        crops = test_set.images[: config.cert_images, lo : lo + CERT_SIZE, lo : lo + CERT_SIZE]
+        res["certificate"] = _certificates(model, crops)
+        results[variant] = res
+    for task in TASKS:
+        x_train, y_train, x_test, y_test = data[task]
+        result, _ = _probe(x_train, y_train, x_test, y_test, config)
+        baselines[task] = _summary(result)
+    _plot_main(directory / "layer_probes_dice.png", results, baselines, "dice", "dice")
+    _plot_iou(directory / "layer_probes_iou.png", results, baselines)
+    _plot_examples(
+        directory / "layer_probes_examples.png",
+        results,
+        examples,
+        {t: np.asarray(data[t][2][0]) for t in TASKS},
+        {t: np.asarray(data[t][3][0]) for t in TASKS},
+    )
+    refs = references(results)
+    for row in refs:
+        print(f"{row['quantity']}: {row['reproduced']} -> {'yes' if row['agrees'] else 'no'}")
+    metrics = {
+        "constants": {"early": list(EARLY), "late": list(LATE), "cert_size": CERT_SIZE},
+        **results,
+        "input_probe": baselines,
+        "references": refs,
+    }
+    write_metrics(directory, metrics, config)
+    return metrics
+
+
+def main(argv=None):
+    return cli(run, get_config, NAME, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()
