@@ -46,6 +46,7 @@ EXPERIMENTS = (
     "preimage_spread",
     "alternatives",
     "visualisation",
+    "layer_probes",
 )
 
 

@@ -117,6 +117,19 @@ PINNED = {
             scenes=3, channels=8, bottleneck_channels=16, bins=40, train_profile="default"
         ),
     },
+    "layer_probes": {
+        "quick": dict(
+            probe_train=64, probe_test=32, steps=100, lr=0.1, cert_images=1, train_profile="quick"
+        ),
+        "default": dict(
+            probe_train=128,
+            probe_test=128,
+            steps=150,
+            lr=0.1,
+            cert_images=2,
+            train_profile="default",
+        ),
+    },
 }
 
 
