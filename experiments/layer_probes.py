@@ -24,10 +24,13 @@ full 256; mean and standard deviation over images). Two tasks:
 Baselines per task: a probe on the raw input (the same probe on ``x`` itself) and the network's
 own output thresholded at 0 (its own dice, without any probe).
 
-Information content (main figure, right): the float64 certificate of ``d A_l / d x`` at the
-centre 16x16 crops of test scenes (quick 1, default 2, full 8; ``experiments.unet_layerwise._certificates``:
-``inversion.analysis.certify_batch`` on the dict of named activations, ``summarize``), the
-largest nullity over the crops at the exact, float32 and 8-bit precisions.
+Information content (main figure, third panel): the float64 certificate of ``d A_l / d x`` at
+the centre 16x16 crops of test scenes (quick 1, default 2, full 8;
+``experiments.unet_layerwise.layer_certificates``: ``inversion.analysis.certify_batch`` on the
+dict of named activations, ``summarize``), the largest nullity over the crops at the exact,
+float32 and 8-bit precisions. Inversion quality (fourth panel, when ``unet_layerwise`` ran into
+the same output folder first, as in ``reproduce``): the median PSNR of the input reconstructed
+from each layer, read from its ``metrics.json``.
 
 Reference row (study 002: "early layers capture low-level features, the deepest ones
 semantics, and the last decoder layers produce the best masks"): on the scenes with the seed
@@ -61,6 +64,7 @@ Result measured (default profile; held-out dice, mean over 128 images, std 0.005
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -78,7 +82,7 @@ from experiments.common import (
     write_metrics,
 )
 from experiments.config import ExperimentConfig, select_profile
-from experiments.unet_layerwise import _certificates
+from experiments.unet_layerwise import layer_certificates
 from models.losses import dice, iou
 from models.probes import evaluate_probe, probe_predict, train_probe
 
@@ -199,11 +203,11 @@ def _order(results) -> list[str]:
 STYLES = {"skips": ("o-", "C0", "seed U-Net (skips)"), "no_skips": ("s--", "C1", "no-skip U-Net")}
 
 
-def _plot_main(path, results, baselines, key, label):
+def _plot_main(path, results, baselines, key, label, psnr=None):
     import matplotlib.pyplot as plt
 
     order = _order(results)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(1, 4 if psnr else 3, figsize=(20 if psnr else 15, 4.4))
     for ax, task in zip(axes[:2], TASKS, strict=True):
         for variant, (style, color, name) in STYLES.items():
             rows = results[variant][task]["per_layer"]
@@ -266,9 +270,27 @@ def _plot_main(path, results, baselines, key, label):
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, loc="upper left")
+    if psnr:
+        ax = axes[3]
+        for variant, (style, color, name) in STYLES.items():
+            rows = psnr.get(variant, {})
+            names = sorted((n for n in rows if n in order), key=order.index)  # json sorts keys
+            ax.plot(
+                [order.index(n) for n in names],
+                [rows[n] for n in names],
+                style,
+                color=color,
+                label=name,
+            )
+        ax.set_xticks(range(len(order)), order, rotation=60, fontsize=8)
+        ax.set_xlabel("layer (forward order)")
+        ax.set_ylabel("input PSNR, reconstructed from the layer [dB]")
+        ax.set_title("inversion quality (unet_layerwise, same run)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5)
     fig.suptitle(
         f"linear probe {label} of each layer's frozen activation (left, middle) "
-        "beside the input information the layer keeps (right)",
+        "beside the input information the layer keeps and how well it is inverted (right)",
         fontsize=10,
     )
     save_figure(fig, path)
@@ -360,6 +382,21 @@ def references(results) -> list[dict]:
     ]
 
 
+def layerwise_psnr(out: pathlib.Path) -> dict | None:
+    """Per variant and layer, the median PSNR of the input reconstructed from that layer, read
+    from ``unet_layerwise``'s ``metrics.json`` in the same output folder (``reproduce`` runs it
+    first); ``None`` when it has not run there."""
+    path = pathlib.Path(out) / "unet_layerwise" / "metrics.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return {
+        v: {name: float(row["psnr"]) for name, row in saved[v]["per_layer"].items()}
+        for v in VARIANTS
+        if v in saved
+    }
+
+
 def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
     results, examples, baselines = {}, {t: {} for t in TASKS}, {}
@@ -374,13 +411,14 @@ def run(config: Config, out: pathlib.Path) -> dict:
             res[task], examples[task][variant] = probe_layers(model, data[task], config)
         lo = (test_set.images.shape[1] - CERT_SIZE) // 2
         crops = test_set.images[: config.cert_images, lo : lo + CERT_SIZE, lo : lo + CERT_SIZE]
-        res["certificate"] = _certificates(model, crops)
+        res["certificate"] = layer_certificates(model, crops)
         results[variant] = res
     for task in TASKS:
         x_train, y_train, x_test, y_test = data[task]
         result, _ = _probe(x_train, y_train, x_test, y_test, config)
         baselines[task] = _summary(result)
-    _plot_main(directory / "layer_probes_dice.png", results, baselines, "dice", "dice")
+    psnr = layerwise_psnr(out)
+    _plot_main(directory / "layer_probes_dice.png", results, baselines, "dice", "dice", psnr)
     _plot_iou(directory / "layer_probes_iou.png", results, baselines)
     _plot_examples(
         directory / "layer_probes_examples.png",
@@ -396,6 +434,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         "constants": {"early": list(EARLY), "late": list(LATE), "cert_size": CERT_SIZE},
         **results,
         "input_probe": baselines,
+        "inversion_psnr": psnr,  # from unet_layerwise in the same output folder, if it ran
         "references": refs,
     }
     write_metrics(directory, metrics, config)

@@ -195,7 +195,7 @@ def _invert_layers(model, x_true, *, steps, lr, seed):
     return names, per_layer, x_hat
 
 
-def _certificates(model, inputs) -> dict:
+def layer_certificates(model, inputs) -> dict:
     """Per layer, the float64 certificate of ``d Phi_l / d x`` at every input
     (``inversion.analysis.certify_batch`` on the dict of named activations: one Jacobian per
     input, one certificate per layer), summarised over the inputs at the three precisions
@@ -327,7 +327,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         names, per_layer, images[variant] = _invert_layers(
             model, x_true, steps=config.steps, lr=config.lr, seed=config.seed
         )
-        certs = _certificates(model, x_true)
+        certs = layer_certificates(model, x_true)
         for name in names:
             per_layer[name].update(certs[name])
         results[variant] = {
