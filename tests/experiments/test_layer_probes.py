@@ -6,6 +6,8 @@ experiment tests of the process.
 
 import json
 import math
+import pathlib
+import sys
 
 import jax
 import matplotlib
@@ -13,20 +15,8 @@ import numpy as np
 
 matplotlib.use("Agg")
 
-SEED_LAYERS = [
-    "enc1",
-    "pool1",
-    "enc2",
-    "pool2",
-    "bottleneck",
-    "up2",
-    "cat2",
-    "dec2",
-    "up1",
-    "cat1",
-    "out",
-]
-NO_SKIP_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "out"]
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from unet_layer_names import NO_SKIP_LAYERS, SEED_LAYERS  # noqa: E402
 
 
 def test_probe_on_the_seed_unet_output_reaches_its_own_dice():

@@ -7,26 +7,16 @@ the tests here; set ``INVERSION_CACHE`` yourself to reuse a cache across session
 
 import json
 import math
+import pathlib
+import sys
 
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 
-SEED_LAYERS = [
-    "enc1",
-    "pool1",
-    "enc2",
-    "pool2",
-    "bottleneck",
-    "up2",
-    "cat2",
-    "dec2",
-    "up1",
-    "cat1",
-    "out",
-]
-NO_SKIP_LAYERS = ["enc1", "pool1", "enc2", "pool2", "bottleneck", "up2", "dec2", "up1", "out"]
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from unet_layer_names import NO_SKIP_LAYERS, SEED_LAYERS  # noqa: E402
 
 
 def _load(directory):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +28,8 @@ from models.checkpoint import (
 from models.data.scenes import synthetic_scenes
 from models.training import TrainConfig
 
-
-class Tiny(nnx.Module):
-    """conv3×3 (1→width) → ReLU → conv3×3 (width→1), initialised with numpy from ``seed``."""
-
-    def __init__(self, width: int = 4, *, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.k1 = nnx.Param(jnp.asarray(rng.normal(0, 0.3, (3, 3, 1, width)), jnp.float32))
-        self.k2 = nnx.Param(jnp.asarray(rng.normal(0, 0.3, (3, 3, width, 1)), jnp.float32))
-        self.b = nnx.Param(jnp.zeros(1))
-
-    def __call__(self, x):
-        conv = lambda a, k: jax.lax.conv_general_dilated(  # noqa: E731
-            a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        return conv(jax.nn.relu(conv(x, self.k1[...])), self.k2[...]) + self.b[...]
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from fault_model import Tiny  # noqa: E402  (the small model the fault tests also use)
 
 
 class Other(Tiny):
