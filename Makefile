@@ -50,7 +50,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) -m experiments.throughput
+	$(PY) -m benchmarks.throughput
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(OUT)

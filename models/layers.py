@@ -13,7 +13,7 @@ well as on accelerators:
   im2col), instead of a generic convolution kernel that vectorises over channels and so runs
   at a few percent of its speed when one side has a single channel. On XLA:CPU this took the
   seed U-Net's first and last layers (forward and input-gradient, 32 images, one core) from
-  6.9 and 8.0 ms with ``lax`` to 3.0 and 5.4 ms (``python -m experiments.layer_costs``,
+  6.9 and 8.0 ms with ``lax`` to 3.0 and 5.4 ms (``python -m benchmarks.layer_costs``,
   BENCHMARKS.md); results equal ``lax.conv_general_dilated`` up to float32 rounding
   (tests/models/test_layers.py).
 

@@ -1,6 +1,6 @@
 """Measurement plumbing for benchmarks: timing medians, the matmul peak, memory, the machine.
 
-Nothing here is research; :mod:`experiments.throughput` uses these helpers to report how fast
+Nothing here is research; :mod:`benchmarks.throughput` uses these helpers to report how fast
 the inversion engine runs. Conventions:
 
 * a timing is the median of ``repeats`` wall-clock measurements (``time.perf_counter``) of a

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from experiments import throughput
+from benchmarks import throughput
 
 
 def test_measure_reports_every_field_positive():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import layer_costs
+from benchmarks import layer_costs
 
 
 def _lax(x, k):

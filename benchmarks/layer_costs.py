@@ -1,10 +1,10 @@
 """Where an inversion step's time goes: each seed U-Net layer's forward + input-gradient cost.
 
-    python -m experiments.layer_costs [--rows 32] [--repeats 30] [--step-rows 8,16,64]
-                                      [--json PATH]
+    python -m benchmarks.layer_costs [--rows 32] [--repeats 30] [--step-rows 8,16,64]
+                                     [--json PATH]
 
 For each layer of :func:`models.seed_unet` at the activation shapes of a 32×32 input, with
-``rows`` images (the rows one CPU device handles in :mod:`experiments.throughput`), this times
+``rows`` images (the rows one CPU device handles in :mod:`benchmarks.throughput`), this times
 ``x ↦ (layer(x), ∂/∂x Σ layer(x) · c)`` for a random cotangent ``c``: one forward and one
 input-gradient pass, which is what an inversion step asks of the layer (no weight gradients).
 It reports milliseconds (median of ``repeats``), XLA's FLOPs, GFLOP/s and the fraction of a
@@ -28,7 +28,7 @@ To see one core's share of a data-parallel step, pin the process to a core with 
 device and no intra-op threads::
 
     INVERSION_CPU_DEVICES=1 XLA_FLAGS=--xla_cpu_multi_thread_eigen=false \\
-        taskset -c 0 python -m experiments.layer_costs
+        taskset -c 0 python -m benchmarks.layer_costs
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import benchmarking as bm
+from benchmarks import benchmarking as bm
+from inversion import cpu_devices
 from models import layers
 
 # Lavin & Gray (2016) transforms: y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for tiles of m×m outputs.
@@ -314,8 +315,11 @@ def measure(
 
 
 def main(argv=None) -> dict:
+    # before any JAX computation: the engine's CPU device split (one XLA:CPU device per core
+    # unless the user chose a count; INVERSION_CPU_DEVICES=1 for one core's share, see above)
+    cpu_devices.configure()
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.layer_costs", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.layer_costs", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--rows", type=int, default=32, help="images per call")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls (median)")
