@@ -4,12 +4,18 @@ XLA:CPU runs a program on one device with intra-op threads, and for the many sma
 of an inversion step those threads help little: on 2 cores the seed U-Net's Adam step at batch
 64 took 94.6 ms on one CPU device with 2 threads, 103.5 ms pinned to one core, and 59.0 ms with
 the rows split over two CPU devices (one per core, the engine's sharded path; BENCHMARKS.md). JAX fixes its number of CPU
-devices when its backend starts, so :func:`configure` must run before the first JAX computation;
-``inversion.engine`` calls it on import (so ``import inversion`` does), which sets
-``jax_num_cpu_devices`` to the number of usable cores unless
+devices when its backend starts, so :func:`configure` must run before the first JAX computation.
+Importing ``inversion`` changes nothing: call it yourself, first thing in a script (every
+``python -m experiments...`` and ``python -m benchmarks...`` entry point does, and so does the
+test suite's ``tests/conftest.py``)::
+
+    from inversion import cpu_devices
+    cpu_devices.configure()        # before any JAX computation
+
+It sets ``jax_num_cpu_devices`` to the number of usable cores unless
 
 * a JAX computation has already run in this process (the backend then keeps its devices and the
-  engine simply runs on one CPU device, as before),
+  engine simply runs on one CPU device),
 * the user chose the count: ``JAX_NUM_CPU_DEVICES`` / ``jax.config.jax_num_cpu_devices`` or
   ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``,
 * ``INVERSION_CPU_DEVICES`` is set: to ``N`` for N devices, to ``1`` to keep a single device.

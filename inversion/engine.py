@@ -11,6 +11,7 @@ the same answer as separate ``invert`` calls. See :mod:`inversion.loop` for the 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,10 +28,27 @@ from inversion.engine_run import solve_cost, solve_rows
 from inversion.loop import Problem
 from inversion.losses import LossFn, get_loss
 from inversion.result import Result
+from inversion.solvers import Optax, Solver
 
 DEFAULT_INIT_SCALE = 0.1
 
-cpu_devices.configure()  # one CPU device per core, if JAX has not started yet (see the module)
+
+def resolve_solver(solver, optimizer, learning_rate) -> Solver:
+    """``solver`` if given (then ``optimizer``/``learning_rate`` must be unset), else
+    ``Optax(optimizer)`` with the optimizer resolved by name (default Adam, lr 1e-2)."""
+    if solver is None:
+        return Optax(chk.resolve_optimizer(optimizer, learning_rate))
+    if not isinstance(solver, Solver):
+        raise TypeError(
+            "solver must be None or an inversion.solvers.Solver (e.g. solvers.LBFGS()), got "
+            f"{type(solver).__name__}"
+        )
+    if optimizer is not None or learning_rate is not None:
+        raise ValueError(
+            "give either solver= or optimizer=/learning_rate= (an optimizer is a solver: "
+            "solvers.Optax(optax.adam(lr))), not both"
+        )
+    return solver
 
 
 def _setup(
@@ -42,6 +60,7 @@ def _setup(
     lead,
     key,
     loss,
+    solver,
     optimizer,
     learning_rate,
     steps,
@@ -67,8 +86,8 @@ def _setup(
     steps = chk.check_int("steps", steps, minimum=1)
     check_every = chk.check_int("check_every", check_every, minimum=1)
     init_scale = chk.check_real("init_scale", init_scale, positive=True)
-    loss_fn = get_loss(loss)
-    opt = chk.resolve_optimizer(optimizer, learning_rate)
+    get_loss(loss)  # validates the name or callable
+    solver = resolve_solver(solver, optimizer, learning_rate)
     reg_tuple = regs.as_tuple(regularizers)
     if tol is not None:
         tol = chk.check_real("tol", tol)
@@ -108,22 +127,23 @@ def _setup(
         sharding = jax.sharding.NamedSharding(mesh, spec)
     problem = Problem(
         fn=fn,
-        loss=loss_fn,
+        loss=loss,
         regularizers=reg_tuple,
-        optimizer=opt,
+        solver=solver,
         steps=steps,
         bounds=bounds,
         tol=tol,
         sharding=sharding,
     )
     y_struct = jax.ShapeDtypeStruct(out.shape, out.dtype)
+    solver.check(problem.objective(jnp.zeros(out.shape, out.dtype)))
     _check_objective(problem, jax.ShapeDtypeStruct(x_shape, dtype), y_struct)
     return problem, x0, x_shape, dtype, out.dtype, loop, check_every, init_scale
 
 
 @functools.lru_cache(maxsize=64)
 def _check_objective_cached(problem: Problem, x_struct, y_struct) -> None:
-    chk.check_objective(problem.objective, x_struct, y_struct)
+    chk.check_objective(problem.value, x_struct, y_struct)
 
 
 def _check_objective(problem: Problem, x_struct, y_struct) -> None:
@@ -132,9 +152,23 @@ def _check_objective(problem: Problem, x_struct, y_struct) -> None:
     try:
         hash(problem)
     except TypeError:
-        chk.check_objective(problem.objective, x_struct, y_struct)
+        chk.check_objective(problem.value, x_struct, y_struct)
         return
     _check_objective_cached(problem, x_struct, y_struct)
+
+
+def _deadline(time_limit, loop) -> tuple[float | None, str]:
+    """``(deadline on time.perf_counter's clock or None, loop)``: a time limit needs the Python
+    loop (the host checks the clock between steps)."""
+    if time_limit is None:
+        return None, loop
+    time_limit = chk.check_real("time_limit", time_limit, positive=True)
+    if loop == "compiled":
+        raise ValueError(
+            "time_limit needs loop='python' or 'auto' (the host checks the clock between "
+            "steps); got loop='compiled'"
+        )
+    return time.perf_counter() + time_limit, "python" if loop == "auto" else loop
 
 
 def _random_start(key, shape, dtype, scale):
@@ -150,6 +184,7 @@ def invert(
     key: jax.Array | None = None,
     init_scale: float = DEFAULT_INIT_SCALE,
     loss: str | LossFn = "mse",
+    solver: Solver | None = None,
     optimizer: str | optax.GradientTransformation | None = None,
     learning_rate: float | None = None,
     steps: int = 500,
@@ -158,6 +193,7 @@ def invert(
     tol: float | None = None,
     loop: str = "auto",
     check_every: int = 10,
+    time_limit: float | None = None,
     progress: bool = False,
 ) -> Result:
     """Recover one input ``x`` with ``fn(x) ~ target``.
@@ -181,6 +217,9 @@ def invert(
             a random start ``init_scale * N(0, I)`` (without ``x0``).
         init_scale: standard deviation of the random start (default 0.1).
         loss: ``'mse'``, ``'normalized'``, ``'cosine'`` or a callable ``(pred, target) -> scalar``.
+        solver: an :mod:`inversion.solvers` object (``solvers.LBFGS()``,
+            ``solvers.LevenbergMarquardt()``, ``solvers.Optax(tx)``, ...); ``None`` uses
+            ``optimizer``. Give one or the other.
         optimizer: ``None`` (``optax.adam(1e-2)``), ``'adam'``, ``'sgd'`` (lr 1e-2), ``'lbfgs'``
             (zoom line search) or any ``optax.GradientTransformation``; extra-args
             transformations (``optax.lbfgs()``) receive ``value``, ``grad`` and ``value_fn``.
@@ -192,6 +231,10 @@ def invert(
         loop: ``'python'`` (jitted step driven from Python; best on XLA:CPU), ``'compiled'``
             (``lax.scan`` / ``lax.while_loop``; best on GPU/TPU) or ``'auto'`` (by backend).
         check_every: the Python loop reads one flag back every this many steps to stop early.
+        time_limit: stop every row still running once this many seconds of wall time have
+            passed since the call (checked every ``check_every`` steps, so compilation counts;
+            such rows end as 'max_steps' with fewer ``steps``). Runs the Python loop; the
+            result then depends on the machine's speed.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -203,6 +246,7 @@ def invert(
     """
     chk.check_real_dtype("target", target)
     target_shape = tuple(np.shape(target))
+    deadline, loop = _deadline(time_limit, loop)
     problem, x0, xs, dtype, ydtype, loop, check_every, init_scale = _setup(
         fn,
         target_shape,
@@ -211,6 +255,7 @@ def invert(
         lead=0,
         key=key,
         loss=loss,
+        solver=solver,
         optimizer=optimizer,
         learning_rate=learning_rate,
         steps=steps,
@@ -234,6 +279,7 @@ def invert(
         chunk_rows=None,
         check_every=check_every,
         progress=progress,
+        deadline=deadline,
         group="single",
     )
     return Result(*out, restarts=0)
@@ -251,6 +297,7 @@ def invert_batch(
     chunk: int | None = None,
     init_scale: float = DEFAULT_INIT_SCALE,
     loss: str | LossFn = "mse",
+    solver: Solver | None = None,
     optimizer: str | optax.GradientTransformation | None = None,
     learning_rate: float | None = None,
     steps: int = 500,
@@ -259,6 +306,7 @@ def invert_batch(
     tol: float | None = None,
     loop: str = "auto",
     check_every: int = 10,
+    time_limit: float | None = None,
     progress: bool = False,
 ) -> Result:
     """Invert ``N`` targets (leading axis of ``targets``), each like :func:`invert`.
@@ -286,6 +334,7 @@ def invert_batch(
         other options: as in :func:`invert`.
     """
     restarts = chk.check_int("restarts", restarts, minimum=1)
+    deadline, loop = _deadline(time_limit, loop)
     if chunk is not None:
         chunk = chk.check_int("chunk", chunk, minimum=1)
     chk.check_real_dtype("targets", targets)
@@ -315,6 +364,7 @@ def invert_batch(
         lead=lead,
         key=key,
         loss=loss,
+        solver=solver,
         optimizer=optimizer,
         learning_rate=learning_rate,
         steps=steps,
@@ -348,6 +398,7 @@ def invert_batch(
         chunk_rows=chunk_rows,
         check_every=check_every,
         progress=progress,
+        deadline=deadline,
         group=restarts if restarts > 1 else None,
     )
     return Result(*out, restarts=restarts if restarts > 1 else 0)
@@ -359,6 +410,7 @@ def step_cost(
     *,
     x0: Float[Array, "n ..."],
     loss: str | LossFn = "mse",
+    solver: Solver | None = None,
     optimizer: str | optax.GradientTransformation | None = None,
     learning_rate: float | None = None,
     steps: int = 500,
@@ -389,6 +441,7 @@ def step_cost(
         lead=1,
         key=None,
         loss=loss,
+        solver=solver,
         optimizer=optimizer,
         learning_rate=learning_rate,
         steps=steps,

@@ -50,9 +50,8 @@ class Programs(NamedTuple):
 
 def _build(problem: Problem, loop: str, check_every: int) -> Programs:
     @jax.jit
-    def start(x):
-        x = problem.project(x)
-        return x, init_state(problem, x)
+    def start(x, y):
+        return init_state(problem, x, y)
 
     if loop == "python":
         run = python_loop(problem, check_every=check_every)
@@ -134,13 +133,15 @@ def solve_rows(
     check_every: int,
     progress: bool,
     group: int | str | None = None,
+    deadline: float | None = None,
 ):
     """Solve every row; returns ``(x, history, loss, residual, steps, status_code)`` in the
     layout given by ``group`` (see :func:`layout`).
 
     One chunk without padding (the common case) runs on the arrays as given. Otherwise rows are
     padded and sliced on host and each chunk is moved to the devices in turn, so device memory
-    holds one chunk of inputs and state at a time.
+    holds one chunk of inputs and state at a time. ``deadline`` (a ``time.perf_counter()``
+    value; Python loop only) stops every running row at the first check after it.
     """
     b = x_rows.shape[0]
     size, n_chunks = chunking(problem, x_rows, chunk_rows)
@@ -162,9 +163,9 @@ def solve_rows(
     for c in range(n_chunks):
         sl = slice(c * size, (c + 1) * size)
         x_c, y_c = _place(problem, x_rows[sl]), _place(problem, y_rows[sl])
-        x_c, state = prog.start(x_c)
+        x_c, state = prog.start(x_c, y_c)
         if prog.python:
-            x_c, state = prog.run(x_c, state, y_c, on_check if progress else None)
+            x_c, state = prog.run(x_c, state, y_c, on_check if progress else None, deadline)
         else:
             x_c, state = prog.run(x_c, state, y_c)
         outs.append(prog.finalize(x_c, state, y_c, group if whole else None))
@@ -197,7 +198,7 @@ def solve_cost(
     y_rows = jax.ShapeDtypeStruct(
         (size, *y_rows.shape[1:]), y_rows.dtype, sharding=problem.sharding
     )
-    state = jax.eval_shape(lambda x: init_state(problem, x), x_rows)
+    state = jax.eval_shape(lambda x, y: init_state(problem, x, y)[1], x_rows, y_rows)
     compiled = jax.jit(make_step(problem)).lower(x_rows, state, y_rows).compile()
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, list | tuple) else (cost or {})

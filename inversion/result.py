@@ -1,6 +1,7 @@
 """The result of an inversion: recovered input, loss trace, residual and status.
 
-``Result`` is a pytree (a ``flax.struct`` dataclass), so it can be returned from ``jax.jit``,
+``Result`` is a pytree (a frozen dataclass registered with ``jax.tree_util.register_dataclass``;
+``restarts`` is static metadata), so it can be returned from ``jax.jit``,
 stacked, sliced with ``jax.tree.map`` and sharded like any other array container.
 
 Layouts (``xs`` is one input's shape):
@@ -28,19 +29,30 @@ entry are ``+inf`` (``residual`` too when ``fn(x0)`` is not finite). No field is
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jaxtyping import Array, Float, Int
 
 MAX_STEPS = 0
 CONVERGED = 1
 DIVERGED = 2
-STATUS_NAMES = ("max_steps", "converged", "diverged")
+STALLED = 3
+STATUS_NAMES = ("max_steps", "converged", "diverged", "stalled")
+"""Status names by code: ``max_steps`` (ran out of steps), ``converged`` (objective <= ``tol``,
+or the solver's own convergence test), ``diverged`` (a non-finite objective or iterate),
+``stalled`` (the solver can make no further progress, e.g. its trust region collapsed)."""
 
 
-@struct.dataclass
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["x", "history", "loss", "residual", "steps", "status_code"],
+    meta_fields=["restarts"],
+)
+@dataclasses.dataclass(frozen=True)
 class Result:
     """Outcome of :func:`inversion.engine.invert` or :func:`inversion.engine.invert_batch`.
 
@@ -53,7 +65,8 @@ class Result:
             ``y = 0``; ``+inf`` when ``fn(x)`` is not finite). Input-space error is not known
             to the engine and is never mixed in.
         steps: number of optimiser updates actually applied.
-        status_code: ``0`` max_steps, ``1`` converged (objective <= tol), ``2`` diverged.
+        status_code: ``0`` max_steps, ``1`` converged (objective <= tol, or the solver's own
+            test), ``2`` diverged, ``3`` stalled (names in :data:`STATUS_NAMES`).
         restarts: number of restarts along axis 1 (``0`` when there is no restart axis).
     """
 
@@ -63,11 +76,12 @@ class Result:
     residual: Float[Array, "..."]
     steps: Int[Array, "..."]
     status_code: Int[Array, "..."]
-    restarts: int = struct.field(pytree_node=False, default=0)
+    restarts: int = 0
 
     @property
     def status(self) -> str | np.ndarray:
-        """``'converged'``, ``'max_steps'`` or ``'diverged'``; a numpy string array for batches."""
+        """``'max_steps'``, ``'converged'``, ``'diverged'`` or ``'stalled'``; a numpy string
+        array for batches (reads the codes back to the host: not for use under ``jit``)."""
         codes = np.asarray(self.status_code)
         names = np.asarray(STATUS_NAMES)[codes]
         return str(names) if names.ndim == 0 else names

@@ -1,4 +1,5 @@
-"""One CPU device per core: configured on import, batches split over them, same results."""
+"""One CPU device per core: configured by an explicit call (never on import), batches split over
+them, same results."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ SCRIPT = textwrap.dedent(
     import jax.numpy as jnp, numpy as np
     from inversion import cpu_devices
     from inversion.engine import invert, invert_batch
+    if os.environ.get("CONFIGURE"):
+        cpu_devices.configure()
 
     A = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
     def fn(x):
@@ -79,8 +82,14 @@ def _run(**env_extra):
     return json.loads(line[len("RESULT") :])
 
 
-def test_import_configures_two_devices_and_batches_split_over_them():
+def test_import_changes_nothing():
     out = _run(INVERSION_CPU_DEVICES="2")
+    assert out["cpu_devices"] == 1 and out["batch_devices"] == 1
+    assert out["max_diff"] <= rounding_bound(out)
+
+
+def test_configure_gives_two_devices_and_batches_split_over_them():
+    out = _run(INVERSION_CPU_DEVICES="2", CONFIGURE="1")
     assert out["cpu_devices"] == 2
     assert out["batch_devices"] == 2  # 9 rows: padded to 10, 5 per device
     assert out["max_diff"] <= rounding_bound(out)  # as one target at a time on one device
@@ -89,7 +98,7 @@ def test_import_configures_two_devices_and_batches_split_over_them():
 
 
 def test_nothing_changes_once_jax_has_run():
-    out = _run(INVERSION_CPU_DEVICES="2", RUN_JAX_FIRST="1")
+    out = _run(INVERSION_CPU_DEVICES="2", RUN_JAX_FIRST="1", CONFIGURE="1")
     assert out["cpu_devices"] == 1 and out["batch_devices"] == 1
     assert out["max_diff"] <= rounding_bound(out)
 

@@ -27,6 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent(
     """
     import sys
+    from inversion import cpu_devices
+    cpu_devices.configure()  # the explicit call: importing inversion changes nothing
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
     from inversion.engine import invert_batch

@@ -15,6 +15,7 @@ from inversion.engine_run import programs
 from inversion.loop import Problem, init_state, make_step
 from inversion.losses import mse
 from inversion.regularizers import l2_prior
+from inversion.solvers import Optax
 
 RNG = np.random.default_rng(0)
 W5 = jnp.asarray(2.0 * np.eye(5) + 0.2 * RNG.normal(size=(5, 5)), jnp.float32)
@@ -230,13 +231,13 @@ def test_bounds_respected_at_every_step():
         fn=lambda x: 10.0 * x,
         loss=mse,
         regularizers=(),
-        optimizer=optax.sgd(1.0),
+        solver=Optax(optax.sgd(1.0)),
         steps=20,
         bounds=(float(lo), float(hi)),
     )
-    x, state = programs(problem, "python", 10).start(jnp.full((3, 4), 5.0))  # x0 is clipped too
-    assert float(x.max()) == hi
     y = jnp.asarray(RNG.normal(size=(3, 4)) * 10, jnp.float32)
+    x, state = programs(problem, "python", 10).start(jnp.full((3, 4), 5.0), y)  # x0 clipped
+    assert float(x.max()) == hi
     step = jax.jit(make_step(problem))
     moved = False
     for _ in range(20):
@@ -350,7 +351,7 @@ def test_batch_mixed_statuses():
 
 def test_step_under_jit_equals_no_jit():
     problem = Problem(
-        fn=affine5, loss=mse, regularizers=(), optimizer=optax.sgd(0.1), steps=2, tol=0.5
+        fn=affine5, loss=mse, regularizers=(), solver=Optax(optax.sgd(0.1)), steps=2, tol=0.5
     )
     x0 = jnp.zeros((1, 5))
     ys = affine5(jnp.ones(5))[None]
@@ -358,7 +359,7 @@ def test_step_under_jit_equals_no_jit():
     for use_jit in (True, False):
         with jax.disable_jit(not use_jit):
             step = jax.jit(make_step(problem))
-            x, state = step(x0, init_state(problem, x0), ys)
+            x, state = step(*init_state(problem, x0, ys), ys)
             outs.append((x, state.history, state.n, state.code))
     # x1 = x0 - lr (2 / m) W^T (W x0 + b - y): sums of n + m + 2 = 12 terms, so one path is
     # within 12 u = 6 eps32 of exact, relative to mag = lr (2 / m) |W|^T (|b| + |y|) (x0 = 0)
@@ -394,7 +395,7 @@ def no_solve(monkeypatch):
         (dict(bounds=(1.0, 1.0)), "lo < hi"),
         (dict(x_shape=None), "x_shape"),
         (dict(x_shape=(4,)), "fn could not be evaluated"),
-        (dict(optimizer=optax.sgd(0.1), learning_rate=0.1), "learning_rate"),
+        (dict(solver=Optax(optax.sgd(0.1)), learning_rate=0.1), "learning_rate"),
         (dict(loop="fast"), "loop"),
         (dict(tol=-1.0), "tol"),
     ],
@@ -428,3 +429,18 @@ def test_invert_batch_rejects_bad_input(no_solve):
         invert_batch(affine5, ys, x_shape=(5,), restarts=0)
     with pytest.raises(ValueError, match="shape"):
         invert_batch(affine5, jnp.ones((3, 4)), x_shape=(5,))
+
+
+def test_time_limit_stops_running_rows_at_the_first_check_after_it():
+    """A limit that has passed before the first step stops every row at the first check
+    (``check_every`` steps), as 'max_steps' with a filled history; the compiled loop, which
+    cannot look at the clock, refuses one."""
+    ys = jnp.stack([affine5(jnp.ones(5)), affine5(-jnp.ones(5))])
+    res = invert_batch(affine5, ys, x_shape=(5,), steps=50, check_every=4, time_limit=1e-9)
+    np.testing.assert_array_equal(res.steps, [4, 4])
+    assert list(res.status) == ["max_steps", "max_steps"]
+    np.testing.assert_array_equal(res.history[:, 4:], np.repeat(res.loss[:, None], 46, axis=1))
+    with pytest.raises(ValueError, match="time_limit"):
+        invert(affine5, ys[0], x_shape=(5,), steps=5, time_limit=1.0, loop="compiled")
+    with pytest.raises(ValueError, match="time_limit"):
+        invert(affine5, ys[0], x_shape=(5,), steps=5, time_limit=-1.0)

@@ -15,6 +15,7 @@ from inversion.engine import invert_batch, step_cost
 from inversion.engine_run import CPU_CHUNK_ROWS, chunking
 from inversion.loop import Problem
 from inversion.losses import mse
+from inversion.solvers import Optax
 
 A = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
 
@@ -25,7 +26,7 @@ def smooth(x):
 
 
 KW = dict(optimizer="adam", learning_rate=0.05, steps=30)
-PROBLEM = Problem(fn=smooth, loss=mse, regularizers=(), optimizer=optax.adam(0.05), steps=30)
+PROBLEM = Problem(fn=smooth, loss=mse, regularizers=(), solver=Optax(optax.adam(0.05)), steps=30)
 
 
 def _expected_chunks(rows: int) -> tuple[int, int]:

@@ -1,0 +1,178 @@
+"""Matrix-free Levenberg-Marquardt and Gauss-Newton for least-squares objectives.
+
+With the residual ``r(x)`` of :meth:`inversion.Objective.least_squares_residual`
+(``J(x) = 1/2 ||r(x)||^2 + R(x)``), its Jacobian ``A = dr/dx`` is never formed: ``A v`` comes
+from ``jax.linearize`` and ``A^T u`` from ``jax.linear_transpose`` of that linear map, and the
+Hessian of the regularizers ``R`` from a forward-over-reverse product. The step solves
+
+    (A^T A + H_R + lam I) p = -g,   g = A^T r + grad R,
+
+on the free variables of the box (those not held at a bound by the gradient) with a few
+conjugate-gradient iterations (``jax.scipy.sparse.linalg.cg``), projects ``x + p`` onto the
+box and accepts it by the gain ratio ``rho = (J(x) - J(x_c)) / (m(0) - m(s))`` of the actual
+projected step ``s = x_c - x`` under the quadratic model ``m``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.sparse.linalg import cg
+from jaxtyping import Array
+
+from inversion.objective import Objective
+from inversion.result import CONVERGED, STALLED
+from inversion.solvers.base import RUNNING, Solver, inf_like
+from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
+
+
+class LMState(NamedTuple):
+    value: Array  # J at the last step's input (+inf before the first step)
+    damping: Array  # lam (negative: not yet set, the first step sets it from the data)
+    first_damping: Array  # lam of the first step (the scale for max_damping)
+    nu: Array  # Nielsen's growth factor for lam on rejection
+    grad_norm: Array  # projected gradient norm at the last step's input
+    accepted: Array  # the last step was accepted
+
+
+class GaussNewtonModel(NamedTuple):
+    """The local model at ``x``: value, gradient, and the curvature product ``v -> B v``."""
+
+    value: Array
+    grad: Array
+    jvp: object  # v -> A v
+    curvature: object  # v -> (A^T A + H_R) v
+
+
+def gauss_newton_model(objective: Objective, x: Array) -> GaussNewtonModel:
+    """Value, gradient and Gauss-Newton curvature of ``objective`` at ``x`` (matrix-free)."""
+    r, jvp = jax.linearize(objective.least_squares_residual, x)
+    (g,) = jax.linear_transpose(jvp, x)(r)
+    value = 0.5 * jnp.sum(jnp.square(r))
+    if objective.regularizers:
+        penalty, grad_penalty = jax.value_and_grad(objective.penalty)(x)
+        value, g = value + penalty, g + grad_penalty
+
+        def curvature(v):
+            hv = jax.jvp(jax.grad(objective.penalty), (x,), (v,))[1]
+            return jax.linear_transpose(jvp, x)(jvp(v))[0] + hv
+
+    else:
+
+        def curvature(v):
+            return jax.linear_transpose(jvp, x)(jvp(v))[0]
+
+    return GaussNewtonModel(value, g, jvp, curvature)
+
+
+def damped_step(model: GaussNewtonModel, mask: Array, damping: Array, cg_steps: int) -> Array:
+    """``p`` from ``cg_steps`` CG iterations on ``(M B M + lam I) p = -M g`` (``M`` the free
+    mask); fixed variables get ``p = 0``."""
+    m = mask.astype(model.grad.dtype)
+
+    def matvec(v):
+        return m * model.curvature(m * v) + damping * v
+
+    p, _ = cg(matvec, -m * model.grad, maxiter=cg_steps)
+    return m * p
+
+
+def model_decrease(model: GaussNewtonModel, s: Array, curvature_s: Array) -> Array:
+    """``m(0) - m(s) = -(g . s + 1/2 s . B s)``."""
+    return -(jnp.vdot(model.grad, s) + 0.5 * jnp.vdot(s, curvature_s))
+
+
+@dataclasses.dataclass(frozen=True)
+class LevenbergMarquardt(Solver):
+    """Projected, matrix-free Levenberg-Marquardt with Nielsen's damping schedule.
+
+    Step at ``x``: the model of the module docstring; ``p`` from ``cg_steps`` CG iterations;
+    ``x_c = P(x + p)``; gain ratio ``rho`` of the projected step. Accept ``x_c`` when
+    ``rho > accept`` (and ``J(x_c)`` is finite), then ``lam <- lam * max(1/3, 1 - (2 rho -
+    1)^3)``, ``nu <- 2``; otherwise keep ``x``, ``lam <- lam * nu``, ``nu <- 2 nu``
+    (Nielsen 1999; Madsen, Nielsen & Tingleff 2004, eq. 3.16). The first step sets ``lam =
+    damping * (A g . A g) / (g . g)``, the model's curvature along the gradient, so the
+    default is independent of the scale of ``fn``.
+
+    Stops 'converged' when the projected gradient norm is at most ``gtol`` (off when ``None``)
+    and 'stalled' when ``lam`` exceeds ``max_damping`` times its first value (the model
+    cannot be trusted at any step length). Needs a least-squares loss (``'mse'`` or
+    ``'normalized'``); regularizers enter through their gradient and Hessian products.
+    """
+
+    damping: float = 1e-3
+    cg_steps: int = 10
+    accept: float = 1e-4
+    max_damping: float = 1e12
+    gtol: float | None = None
+
+    def __post_init__(self):
+        if not self.damping > 0:
+            raise ValueError(f"damping must be > 0, got {self.damping!r}")
+        if isinstance(self.cg_steps, bool) or not isinstance(self.cg_steps, int):
+            raise ValueError(f"cg_steps must be an int >= 1, got {self.cg_steps!r}")
+        if self.cg_steps < 1:
+            raise ValueError(f"cg_steps must be an int >= 1, got {self.cg_steps!r}")
+        if not 0 <= self.accept < 1:
+            raise ValueError(f"accept must lie in [0, 1), got {self.accept!r}")
+
+    def check(self, objective: Objective) -> None:
+        if not objective.has_least_squares_form:
+            raise ValueError(
+                f"{type(self).__name__} needs a least-squares loss ('mse' or 'normalized'), "
+                f"got loss={objective.loss_name or objective.loss!r}"
+            )
+
+    def init(self, objective: Objective, x: Array) -> LMState:
+        dtype = jnp.result_type(x)
+        return LMState(
+            value=inf_like(x),
+            damping=jnp.full((), -1.0, dtype),
+            first_damping=jnp.ones((), dtype),
+            nu=jnp.full((), 2.0, dtype),
+            grad_norm=inf_like(x),
+            accepted=jnp.zeros((), bool),
+        )
+
+    def _initial_damping(self, model: GaussNewtonModel) -> Array:
+        g = model.grad
+        ag = model.jvp(g)
+        gg = jnp.vdot(g, g)
+        return self.damping * jnp.vdot(ag, ag) / jnp.where(gg > 0, gg, 1.0)
+
+    def step(self, objective: Objective, x: Array, state: LMState):
+        model = gauss_newton_model(objective, x)
+        lam = jnp.where(state.damping < 0, self._initial_damping(model), state.damping)
+        lam = jnp.maximum(lam, jnp.finfo(jnp.result_type(x)).tiny)
+        mask = free_variables(objective, x, -model.grad)
+        p = damped_step(model, mask, lam, self.cg_steps)
+        x_c = objective.project(x + p)
+        s = x_c - x
+        predicted = model_decrease(model, s, model.curvature(s))
+        value_c = objective.value(x_c)
+        actual = model.value - value_c
+        rho = actual / jnp.where(predicted > 0, predicted, 1.0)
+        ok = (predicted > 0) & jnp.isfinite(value_c) & (rho > self.accept)
+        shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+        new_lam = jnp.where(ok, lam * shrink, lam * state.nu)
+        new_nu = jnp.where(ok, 2.0, 2.0 * state.nu)
+        first = jnp.where(state.damping < 0, lam, state.first_damping)
+        return jnp.where(ok, x_c, x), LMState(
+            value=model.value,
+            damping=new_lam.astype(lam.dtype),
+            first_damping=first,
+            nu=new_nu.astype(lam.dtype),
+            grad_norm=projected_gradient_norm(objective, x, model.grad),
+            accepted=ok,
+        )
+
+    def terminate(self, objective: Objective, x: Array, state: LMState):
+        converged = state.grad_norm <= self.gtol if self.gtol is not None else jnp.zeros((), bool)
+        stalled = ~jnp.isfinite(state.damping) | (
+            state.damping > self.max_damping * state.first_damping
+        )
+        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        return converged | stalled, status.astype(jnp.int32)
