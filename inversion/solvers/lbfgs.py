@@ -1,5 +1,5 @@
 """Projected L-BFGS: optax's L-BFGS direction, restricted to the free variables of the box, with a
-projected backtracking (Armijo) line search."""
+projected Armijo line search over a fixed set of step lengths."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 from jaxtyping import Array
 
 from inversion.objective import Objective
 from inversion.result import CONVERGED, STALLED
 from inversion.solvers.base import RUNNING, Solver, inf_like
+from inversion.solvers.linesearch import (
+    MIN_SCALE,
+    check_step_sizes,
+    next_scale,
+    projected_search,
+)
 
 
 class LBFGSState(NamedTuple):
@@ -22,6 +27,7 @@ class LBFGSState(NamedTuple):
     value: Array  # J at the last step's input (+inf before the first step)
     grad_norm: Array  # norm of the projected gradient there
     failed: Array  # the last line search found no decrease
+    scale: Array  # the line search's scale (shrinks after a failure)
 
 
 def free_variables(objective: Objective, x: Array, direction: Array) -> Array:
@@ -42,21 +48,24 @@ def projected_gradient_norm(objective: Objective, x: Array, grad: Array) -> Arra
 class LBFGS(Solver):
     """Projected limited-memory BFGS.
 
-    At ``x`` with gradient ``g``: the L-BFGS direction ``d = -H g`` (``optax.scale_by_lbfgs``,
-    ``memory`` pairs), with the components that would leave the box set to zero; if it is not
-    a descent direction (``g . d >= 0``) the projected steepest descent ``d = -g`` (masked the
-    same way) is used. The step is ``x_t = P(x + t d)`` for the first ``t`` in
-    ``1, 1/2, 1/4, ...`` (at most ``max_backtracks``) with the projected Armijo condition
-    ``J(x_t) <= J(x) + c1 g . (x_t - x)``. Without bounds this is plain L-BFGS with a
-    backtracking line search.
+    At ``x`` with gradient ``g``: the variables held by a bound (``x = lo`` with ``g > 0`` or
+    ``x = hi`` with ``g < 0``) are fixed and ``g_F``, the gradient with those entries zeroed,
+    feeds optax's L-BFGS (``optax.scale_by_lbfgs``, ``memory`` pairs), so its curvature pairs
+    describe the free subspace; the direction is ``d = -H g_F`` on the free variables, or
+    ``d = -g_F`` when that is not a descent direction (``g . d >= 0``). The step is the best
+    of ``x_t = P(x + t d)``, ``t`` in ``step_sizes``, that satisfies the projected Armijo
+    condition ``J(x_t) <= J(x) + c1 g . (x_t - x)``
+    (:mod:`inversion.solvers.linesearch`). After a failed search the memory is kept as it was
+    and the next step searches at a smaller scale. Without bounds this is plain L-BFGS.
 
     Stops 'converged' when the projected gradient norm ``||P(x - g) - x||`` is at most
-    ``gtol`` (off when ``None``) and 'stalled' when a line search finds no decrease.
+    ``gtol`` (off when ``None``) and 'stalled' when the line search's scale falls below
+    ``1e-12`` (no decrease along the direction at any length tried).
     """
 
     memory: int = 10
+    step_sizes: tuple[float, ...] = (1.0, 0.25)
     c1: float = 1e-4
-    max_backtracks: int = 20
     gtol: float | None = None
 
     def __post_init__(self):
@@ -64,8 +73,7 @@ class LBFGS(Solver):
             raise ValueError(f"memory must be an int >= 1, got {self.memory!r}")
         if not 0 < self.c1 < 1:
             raise ValueError(f"c1 must lie in (0, 1), got {self.c1!r}")
-        if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
-            raise ValueError(f"max_backtracks must be an int >= 1, got {self.max_backtracks!r}")
+        object.__setattr__(self, "step_sizes", check_step_sizes(self.step_sizes))
 
     def _direction(self):
         return optax.scale_by_lbfgs(memory_size=self.memory)
@@ -76,43 +84,29 @@ class LBFGS(Solver):
             value=inf_like(x),
             grad_norm=inf_like(x),
             failed=jnp.zeros((), bool),
+            scale=jnp.ones((), jnp.result_type(x)),
         )
 
     def step(self, objective: Objective, x: Array, state: LBFGSState):
         value, grad = jax.value_and_grad(objective.value)(x)
-        scaled, memory = self._direction().update(grad, state.memory, x)
-        d = -scaled * free_variables(objective, x, -scaled)
-        steepest = -grad * free_variables(objective, x, -grad)
+        free = free_variables(objective, x, -grad)
+        steepest = -grad * free
+        scaled, memory = self._direction().update(-steepest, state.memory, x)
+        d = -scaled * free_variables(objective, x, -scaled) * free
         d = jnp.where(jnp.vdot(grad, d) < 0, d, steepest)
-
-        def trial(t):
-            x_t = objective.project(x + t * d)
-            ok = objective.value(x_t) <= value + self.c1 * jnp.vdot(grad, x_t - x)
-            return x_t, ok
-
-        def cond(carry):
-            k, _, _, ok = carry
-            return (k < self.max_backtracks) & ~ok
-
-        def body(carry):
-            k, t, _, _ = carry
-            t = 0.5 * t
-            x_t, ok = trial(t)
-            return k + 1, t, x_t, ok
-
-        x_t, ok = trial(jnp.ones((), x.dtype))
-        _, _, x_t, ok = lax.while_loop(
-            cond, body, (jnp.ones((), jnp.int32), jnp.ones((), x.dtype), x_t, ok)
+        x_next, ok = projected_search(
+            objective, x, value, grad, d, self.step_sizes, self.c1, state.scale
         )
-        x_next = jnp.where(ok, x_t, x)
         return x_next, LBFGSState(
-            memory=memory,
+            memory=jax.tree.map(lambda new, old: jnp.where(ok, new, old), memory, state.memory),
             value=value,
             grad_norm=projected_gradient_norm(objective, x, grad),
             failed=~ok,
+            scale=next_scale(ok, state.scale, self.step_sizes),
         )
 
     def terminate(self, objective: Objective, x: Array, state: LBFGSState):
         converged = state.grad_norm <= self.gtol if self.gtol is not None else jnp.zeros((), bool)
-        status = jnp.where(converged, CONVERGED, jnp.where(state.failed, STALLED, RUNNING))
-        return converged | state.failed, status.astype(jnp.int32)
+        stalled = state.scale < MIN_SCALE
+        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        return converged | stalled, status.astype(jnp.int32)

@@ -8,7 +8,7 @@ Hessian of the regularizers ``R`` from a forward-over-reverse product. The step 
     (A^T A + H_R + lam I) p = -g,   g = A^T r + grad R,
 
 on the free variables of the box (those not held at a bound by the gradient) with a few
-conjugate-gradient iterations (``jax.scipy.sparse.linalg.cg``), projects ``x + p`` onto the
+conjugate-gradient iterations (:func:`conjugate_gradient`), projects ``x + p`` onto the
 box and accepts it by the gain ratio ``rho = (J(x) - J(x_c)) / (m(0) - m(s))`` of the actual
 projected step ``s = x_c - x`` under the quadratic model ``m``.
 """
@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.sparse.linalg import cg
 from jaxtyping import Array
 
 from inversion.objective import Objective
@@ -68,6 +67,34 @@ def gauss_newton_model(objective: Objective, x: Array) -> GaussNewtonModel:
     return GaussNewtonModel(value, g, jvp, curvature)
 
 
+def conjugate_gradient(matvec, b: Array, iterations: int) -> Array:
+    """``iterations`` conjugate-gradient steps on ``M p = b`` from ``p = 0`` (``M`` symmetric
+    positive definite), unrolled.
+
+    Hand-written rather than ``jax.scipy.sparse.linalg.cg`` because that runs a
+    ``lax.while_loop``, whose body XLA:CPU runs about 8x slower than the same operations
+    unrolled (seed U-Net at batch 64: ~350 ms against 35-44 ms per iteration, 2 CPU devices,
+    measured for :mod:`inversion.solvers`). An iteration with zero curvature ``d . M d`` (the
+    residual is already zero) leaves ``p`` unchanged. Every iterate decreases the quadratic
+    ``1/2 p.Mp - b.p``, so a truncated solve is a descent direction for it.
+    """
+    p = jnp.zeros_like(b)
+    r = b
+    d = r
+    rr = jnp.vdot(r, r)
+    for _ in range(iterations):
+        md = matvec(d)
+        curvature = jnp.vdot(d, md)
+        alpha = jnp.where(curvature > 0, rr / jnp.where(curvature > 0, curvature, 1.0), 0.0)
+        p = p + alpha * d
+        r = r - alpha * md
+        rr_new = jnp.vdot(r, r)
+        beta = jnp.where(rr > 0, rr_new / jnp.where(rr > 0, rr, 1.0), 0.0)
+        d = r + beta * d
+        rr = rr_new
+    return p
+
+
 def damped_step(model: GaussNewtonModel, mask: Array, damping: Array, cg_steps: int) -> Array:
     """``p`` from ``cg_steps`` CG iterations on ``(M B M + lam I) p = -M g`` (``M`` the free
     mask); fixed variables get ``p = 0``."""
@@ -76,8 +103,7 @@ def damped_step(model: GaussNewtonModel, mask: Array, damping: Array, cg_steps: 
     def matvec(v):
         return m * model.curvature(m * v) + damping * v
 
-    p, _ = cg(matvec, -m * model.grad, maxiter=cg_steps)
-    return m * p
+    return m * conjugate_gradient(matvec, -m * model.grad, cg_steps)
 
 
 def model_decrease(model: GaussNewtonModel, s: Array, curvature_s: Array) -> Array:
