@@ -76,12 +76,26 @@ def forward_nhwc(model, x_nhwc: np.ndarray) -> np.ndarray:
     return y.numpy().transpose(0, 2, 3, 1)
 
 
-def invert_adam(model, targets_nhwc: np.ndarray, x0_nhwc: np.ndarray, *, steps: int, lr: float):
-    """Adam on the inputs for ``steps`` steps; returns (x NHWC, seconds)."""
+def invert_adam(
+    model,
+    targets_nhwc: np.ndarray,
+    x0_nhwc: np.ndarray,
+    *,
+    steps: int,
+    lr: float,
+    cosine: bool = False,
+    bounds: tuple[float, float] | None = None,
+):
+    """Adam on the inputs for ``steps`` steps; returns (x NHWC, seconds).
+
+    ``cosine``: the learning rate follows ``CosineAnnealingLR`` from ``lr`` to 0 over the
+    steps; ``bounds``: ``(lo, hi)``, the inputs are clamped into the box after every step.
+    """
     torch = _torch()
     y = torch.from_numpy(np.ascontiguousarray(targets_nhwc.transpose(0, 3, 1, 2)))
     x = torch.from_numpy(np.ascontiguousarray(x0_nhwc.transpose(0, 3, 1, 2))).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     per_target = y[0].numel()
     start = time.perf_counter()
     for _ in range(steps):
@@ -89,5 +103,10 @@ def invert_adam(model, targets_nhwc: np.ndarray, x0_nhwc: np.ndarray, *, steps: 
         loss = ((model(x) - y) ** 2).sum() / per_target
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
+        if bounds is not None:
+            with torch.no_grad():
+                x.clamp_(bounds[0], bounds[1])
     seconds = time.perf_counter() - start
     return x.detach().numpy().transpose(0, 2, 3, 1), seconds
