@@ -28,7 +28,8 @@ Methods (all see the same held-out synthetic scenes ``x₀`` and the outputs ``y
 * **learned inverse** — a :class:`models.decoder.Decoder` ``g`` trained on ``(Φ(x), x)`` for the
   training scenes (regression, MSE); ``x̂ = g(y)`` in one forward pass. It approximates
   ``E[x | Φ(x)]``, so it is exact only where Φ is injective *and* ``g`` has learned it.
-* **invertible network** — a :class:`models.flows.Flow` (affine couplings) trained on the SAME
+* **invertible network** — a :class:`models.flows.Flow` (RealNVP: checkerboard affine couplings
+  and ActNorm, built with the ``models.flows`` package) trained on the SAME
   segmentation task (its output, shaped like the image, is used as mask logits); its input is
   ``x̂ = Flow.inverse(y)``, exact up to float rounding whatever the training reached. For
   comparison the engine's optimisation is also run on the flow's outputs.
@@ -100,9 +101,11 @@ def _train_config(steps: int, task: str) -> models.TrainConfig:
     )
 
 
-def _decoder(unet, cfg: Config):
-    """The learned inverse of ``unet``'s output, trained on the training scenes."""
-    train_x = models.data.synthetic_scenes(jax.random.key(0), cfg.n_train, size=32).images
+def learned_inverse(unet, *, train_steps: int, n_train: int):
+    """The learned inverse (a :class:`models.decoder.Decoder`) of ``unet``'s output, trained
+    on ``n_train`` training scenes for ``train_steps`` steps (model cache: the same sizes share
+    one training run across experiments)."""
+    train_x = models.data.synthetic_scenes(jax.random.key(0), n_train, size=32).images
     forward = _jitted(unet)
     pairs = (np.asarray(forward(train_x)), np.asarray(train_x))
     arch = dict(in_channels=1, out_channels=1, width=32, depth=3, upsample=0)
@@ -110,7 +113,7 @@ def _decoder(unet, cfg: Config):
         lambda: Decoder(**arch, rngs=nnx.Rngs(params=0)),
         {"model": "decoder_of_seed_unet_out", "init_key": 0, **arch},
         pairs,
-        config=_train_config(cfg.train_steps, "regression"),
+        config=_train_config(train_steps, "regression"),
         progress=False,
     ).model
 
@@ -173,7 +176,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
     unet, test_set, unet_history = trained_seed_unet(train_profile=config.train_profile)
     flow, flow_history = _flow(config)
-    decoder = _decoder(unet, config)
+    decoder = learned_inverse(unet, train_steps=config.train_steps, n_train=config.n_train)
 
     x_true = test_set.images[: config.targets]
     unet_fwd, flow_fwd = _jitted(unet), _jitted(flow)

@@ -4,7 +4,22 @@ from models import data, layers, probes
 from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
 from models.decoder import Decoder
 from models.dense import MLP, Linear
-from models.flows import ActNorm, AffineCoupling, Bijector, Flow
+from models.flows import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    Bijector,
+    Chain,
+    Conv1x1,
+    Flow,
+    Glow,
+    HaarDownsampling,
+    InvertibleUNet,
+    IResNet,
+    IResNetBlock,
+    IRevNet,
+    Squeeze,
+)
 from models.losses import dice, iou, segmentation_loss
 from models.probes import ProbeParams, evaluate_probe, probe_predict, train_probe
 from models.pure import activations, count_parameters, feature_fn, layer_names, split
@@ -17,13 +32,23 @@ __all__ = [
     "SEED_UNET_CONFIG",
     "SEED_UNET_PARAMETERS",
     "ActNorm",
+    "AdditiveCoupling",
     "AffineCoupling",
     "Bijector",
+    "Chain",
+    "Conv1x1",
     "CheckpointError",
     "Decoder",
     "Flow",
+    "Glow",
+    "HaarDownsampling",
+    "IResNet",
+    "IResNetBlock",
+    "IRevNet",
+    "InvertibleUNet",
     "Linear",
     "ProbeParams",
+    "Squeeze",
     "TrainConfig",
     "TrainResult",
     "UNet",
