@@ -8,6 +8,7 @@ before any JAX computation.
 """
 
 from inversion import analysis, closed_form, cpu_devices, losses, metrics, regularizers, solvers
+from inversion.dataset import DatasetResult, invert_dataset, load_dataset_result
 from inversion.engine import invert, invert_batch
 from inversion.objective import Objective
 from inversion.result import STATUS_NAMES, Result
@@ -15,6 +16,7 @@ from inversion.solve import solve
 
 __all__ = [
     "STATUS_NAMES",
+    "DatasetResult",
     "Objective",
     "Result",
     "analysis",
@@ -22,6 +24,8 @@ __all__ = [
     "cpu_devices",
     "invert",
     "invert_batch",
+    "invert_dataset",
+    "load_dataset_result",
     "losses",
     "metrics",
     "regularizers",

@@ -1,0 +1,303 @@
+"""Invert many seed-U-Net targets with ``inversion.invert_dataset``, in one or several processes.
+
+    python -m experiments.invert_many --targets N --out DIR [--layer NAME] [--steps S]
+        [--chunk-rows C] [--quick]
+        [--local-processes P]                                    # P processes on this machine
+        [--num-processes P --process-id I --coordinator HOST:PORT]   # one process of P
+        [--distributed]                         # Slurm / TPU pod: jax.distributed detects all
+
+Targets are the trained seed U-Net's outputs (or, with ``--layer``, its activations at that
+layer) on ``N`` synthetic scenes (``models.data.synthetic_scenes`` with key 2, never the
+training or test scenes); each is inverted from ``x0 = 0.5`` in the box ``[0, 1]`` by
+projected Adam (lr 0.1, cosine schedule) for ``--steps`` steps. Results go to ``DIR`` chunk by
+chunk (layout in :mod:`inversion.dataset`); running the same command again resumes, and
+``DIR/summary.json`` holds the medians once every chunk is done.
+
+Several processes use JAX's multi-controller runtime: ``jax.distributed.initialize`` with the
+coordinator's address, CPU collectives over gloo, one global ``Mesh`` over every process's
+devices. ``--local-processes P`` starts P copies of this command on this machine
+(coordinator on 127.0.0.1, a free port, ``usable cores / P`` CPU devices each), waits for them
+(at most ``--timeout`` seconds) and stops them all if one fails. On a cluster, start one copy
+per host yourself:
+
+* Slurm: ``srun --ntasks=HOSTS python -m experiments.invert_many --distributed ...``;
+  ``jax.distributed.initialize()`` reads the coordinator, process count and id from Slurm.
+* TPU pod slice: run the same command on every worker (``gcloud compute tpus tpu-vm ssh
+  NAME --worker=all --command="python -m experiments.invert_many --distributed ..."``);
+  ``jax.distributed.initialize()`` detects the slice.
+* Anything else: ``--num-processes P --process-id I --coordinator HOST:PORT`` on each host.
+
+``--out`` must be on a file system every process sees. ``--quick``: 16x16 scenes, the quick
+training profile, 10 Adam steps, chunks of 8 (still resumable and multi-process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ADAM_LR = 0.1
+DATA_KEY = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.invert_many", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--targets", type=int, required=True, help="number of targets N")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="results folder")
+    p.add_argument("--layer", default=None, help="invert this layer's activations instead")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 100; quick 10)")
+    p.add_argument("--chunk-rows", type=int, default=None, help="targets per chunk (256; 8)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, few steps")
+    p.add_argument("--local-processes", type=int, default=None, help="spawn P local processes")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    p.add_argument("--distributed", action="store_true", help="jax.distributed auto-detect")
+    p.add_argument("--timeout", type=float, default=3600.0, help="--local-processes: seconds")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--prepare", type=pathlib.Path, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _check(parser, args) -> None:
+    if args.targets < 1:
+        parser.error(f"--targets must be >= 1, got {args.targets}")
+    if args.local_processes is not None and args.local_processes < 1:
+        parser.error(f"--local-processes must be >= 1, got {args.local_processes}")
+    explicit = (args.num_processes, args.process_id, args.coordinator)
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+        parser.error("--num-processes, --process-id and --coordinator go together")
+    if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        parser.error(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
+    if args.local_processes is not None and (args.num_processes is not None or args.distributed):
+        parser.error("--local-processes starts the processes itself: give no process options")
+
+
+def spawn_local(argv: list[str], processes: int, timeout: float) -> int:
+    """Run ``processes`` copies of this command (process ids 0..P-1) on this machine; returns
+    0 if every copy succeeded. All copies are killed if one fails or the timeout passes."""
+    from inversion import cpu_devices
+
+    port = _free_port()
+    per = max(1, cpu_devices.usable_cores() // processes)
+    rest = []
+    skip = False
+    for i, a in enumerate(argv):  # drop --local-processes P
+        if skip:
+            skip = False
+            continue
+        if a == "--local-processes":
+            skip = True
+            continue
+        if a.startswith("--local-processes="):
+            continue
+        rest.append(a)
+        del i
+    procs = []
+    env = {**os.environ, cpu_devices.ENV: str(per), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    for pid in range(processes):
+        cmd = [sys.executable, "-m", "experiments.invert_many", *rest,
+               "--num-processes", str(processes), "--process-id", str(pid),
+               "--coordinator", f"127.0.0.1:{port}"]  # fmt: skip
+        if pid > 0:
+            cmd.append("--no-progress")
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+    deadline = time.monotonic() + timeout
+    codes: list[int | None] = [None] * processes
+    try:
+        while any(c is None for c in codes):
+            for i, p in enumerate(procs):
+                if codes[i] is None:
+                    codes[i] = p.poll()
+            if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    codes = [p.returncode for p in procs]
+    if any(c != 0 for c in codes):
+        print(f"invert_many: process exit codes {codes}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _model(quick: bool):
+    from experiments.common import trained_seed_unet
+
+    size = 16 if quick else 32
+    model, _, _ = trained_seed_unet(train_profile="quick" if quick else "default", size=size)
+    return model, size
+
+
+def _fn(model, layer: str | None):
+    import models
+
+    if layer is None:
+        apply, params = models.split(model)
+    else:
+        names = models.layer_names(model)
+        if layer not in names:
+            raise ValueError(f"--layer must be one of {names}, got {layer!r}")
+        apply, params = models.feature_fn(model, layer)
+
+    def fn(x):
+        return apply(params, x[None])[0]
+
+    return fn
+
+
+def targets_and_fn(n: int, *, quick: bool, layer: str | None, model=None):
+    """``(fn, targets, x_true)``: the seed U-Net (or its map to ``layer``) and its outputs on
+    ``n`` synthetic scenes."""
+    import jax
+    import numpy as np
+
+    import models
+
+    if model is None:
+        model, size = _model(quick)
+    else:
+        size = 16 if quick else 32
+    scenes = models.data.synthetic_scenes(jax.random.key(DATA_KEY), n, size=size)
+    x_true = np.asarray(scenes.images, np.float32)
+    fn = _fn(model, layer)
+    batched = jax.jit(jax.vmap(fn))
+    targets = np.concatenate([np.asarray(batched(x_true[i : i + 256])) for i in range(0, n, 256)])
+    return fn, targets, x_true
+
+
+def prepare(path: pathlib.Path, quick: bool) -> None:
+    """Write the trained model's parameters to ``path`` (one process, before any
+    ``jax.distributed`` process starts JAX: the model cache's Orbax checkpoints are read
+    here, never by the workers)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    model, _ = _model(quick)
+    leaves = jax.tree.leaves(nnx.split(model)[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, *[np.asarray(a) for a in leaves])
+    os.replace(tmp, path)
+
+
+def _load_prepared(path: pathlib.Path):
+    """The seed U-Net with the parameters :func:`prepare` wrote."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import models
+
+    graphdef, state = nnx.split(models.seed_unet(0))
+    with np.load(path) as data:
+        leaves = [jnp.asarray(data[f"arr_{i}"]) for i in range(len(data.files))]
+    state = jax.tree.unflatten(jax.tree.structure(state), leaves)
+    return nnx.merge(graphdef, state)
+
+
+def run_worker(args) -> dict:
+    import jax
+    import numpy as np
+    import optax
+
+    import inversion
+    from inversion import cpu_devices, solvers
+
+    model = None
+    if args.num_processes is not None or args.distributed:
+        # the model comes from a one-process helper: JAX must not start before initialize()
+        rank = args.process_id if args.process_id is not None else os.getpid()
+        prepared = args.out / f".model-{rank}.npz"
+        cmd = [sys.executable, "-m", "experiments.invert_many", "--prepare", str(prepared),
+               "--targets", "1", "--out", str(args.out)] + (["--quick"] if args.quick else [])  # fmt: skip
+        env = {**os.environ, "INVERSION_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
+        subprocess.run(cmd, check=True, env=env)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        if args.distributed:
+            jax.distributed.initialize()
+        else:
+            jax.distributed.initialize(
+                coordinator_address=args.coordinator,
+                num_processes=args.num_processes,
+                process_id=args.process_id,
+                initialization_timeout=120,
+            )
+        model = _load_prepared(prepared)
+        prepared.unlink(missing_ok=True)
+    else:
+        cpu_devices.configure()
+    steps = args.steps or (10 if args.quick else 100)
+    chunk_rows = args.chunk_rows or (8 if args.quick else 256)
+    fn, targets, x_true = targets_and_fn(
+        args.targets, quick=args.quick, layer=args.layer, model=model
+    )
+    solver = solvers.Optax(optax.adam(optax.cosine_decay_schedule(ADAM_LR, steps)))
+    start = time.perf_counter()
+    result = inversion.invert_dataset(
+        fn,
+        targets,
+        out_dir=args.out,
+        chunk_rows=chunk_rows,
+        progress=not args.no_progress,
+        x0=np.full_like(x_true, 0.5),
+        solver=solver,
+        steps=steps,
+        bounds=(0.0, 1.0),
+    )
+    seconds = time.perf_counter() - start
+    summary = {"targets": args.targets, "steps": steps, "chunk_rows": chunk_rows,
+               "processes": jax.process_count(), "devices": jax.device_count(),
+               "seconds": seconds, "layer": args.layer}  # fmt: skip
+    if jax.process_index() == 0:
+        x = result.x
+        err = np.linalg.norm((x - x_true).reshape(len(x), -1), axis=1) / np.linalg.norm(
+            x_true.reshape(len(x), -1), axis=1
+        )
+        summary.update(
+            output_residual_median=float(np.median(result.residual)),
+            input_error_median=float(np.median(err)),
+        )
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary))
+    return summary
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    if args.prepare is not None:
+        prepare(args.prepare, args.quick)
+        return 0
+    if args.local_processes is not None and args.local_processes > 1:
+        return spawn_local(argv, args.local_processes, args.timeout)
+    run_worker(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
