@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
@@ -71,9 +72,9 @@ def check_finite(x, *, who: str, name: str) -> None:
     """ValueError if a concrete ``x`` (rank 4) has a NaN or inf entry; tracers are not checked."""
     if isinstance(x, jax.core.Tracer):
         return
-    finite = jnp.isfinite(x)
-    if not bool(finite.all()):
-        samples = sorted({int(i) for i in jnp.nonzero(~finite.all(axis=(1, 2, 3)))[0]})
+    finite = np.isfinite(np.asarray(x))  # numpy: under a trace, jnp on a constant is traced
+    if not finite.all():
+        samples = sorted({int(i) for i in np.nonzero(~finite.all(axis=(1, 2, 3)))[0]})
         raise ValueError(
             f"{who}: {name} has {int((~finite).sum())} NaN or inf entries (in samples "
             f"{samples[:10]}); expected finite values (one would spread over the whole sample)"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import scipy.linalg
 from flax import nnx
 
 from models.flows.bijector import Bijector, positive_int
@@ -34,21 +32,20 @@ class Conv1x1(Bijector):
     def __init__(self, channels: int, *, init: str = "orthogonal", rngs: nnx.Rngs):
         self.channels = self.out_channels = positive_int("channels", channels)
         c = channels
-        if init == "orthogonal":
-            a = np.asarray(jax.random.normal(rngs.params(), (c, c)), np.float64)
-            q, r = np.linalg.qr(a)
-            q = q * np.sign(np.diag(r))  # a Haar-distributed rotation
-            p, lower, upper = scipy.linalg.lu(q)
+        if init == "orthogonal":  # jnp, not numpy: traceable (nnx.eval_shape builds it abstractly)
+            q, r = jnp.linalg.qr(jax.random.normal(rngs.params(), (c, c), jnp.float32))
+            q = q * jnp.sign(jnp.diag(r))  # a Haar-distributed rotation
+            p, lower, upper = jax.scipy.linalg.lu(q)
         elif init == "identity":
-            p, lower, upper = np.eye(c), np.eye(c), np.eye(c)
+            p = lower = upper = jnp.eye(c, dtype=jnp.float32)
         else:
             raise ValueError(f"init must be 'orthogonal' or 'identity', got {init!r}")
-        diag = np.diag(upper)
-        self.permutation = nnx.Variable(jnp.asarray(p, jnp.float32))
-        self.sign = nnx.Variable(jnp.asarray(np.sign(diag), jnp.float32))
-        self.lower = nnx.Param(jnp.asarray(np.tril(lower, -1), jnp.float32))
-        self.upper = nnx.Param(jnp.asarray(np.triu(upper, 1), jnp.float32))
-        self.log_s = nnx.Param(jnp.asarray(np.log(np.abs(diag)), jnp.float32))
+        diag = jnp.diag(upper)
+        self.permutation = nnx.Variable(p)
+        self.sign = nnx.Variable(jnp.sign(diag))
+        self.lower = nnx.Param(jnp.tril(lower, -1))
+        self.upper = nnx.Param(jnp.triu(upper, 1))
+        self.log_s = nnx.Param(jnp.log(jnp.abs(diag)))
 
     def _factors(self):
         c = self.channels
