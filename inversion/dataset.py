@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -109,12 +110,15 @@ def fingerprint(fn, target_example: Any, **invert_options) -> str:
             raise ValueError("give x0 or x_shape (one input's shape); got neither")
         lead = 2 if options.get("restarts", 1) > 1 else 1
         x_shape = tuple(np.shape(x0)[lead:])
-    objective = Objective(
-        fn, y, loss=options.get("loss", "mse"), regularizers=options.get("regularizers", ()),
-        bounds=options.get("bounds"),
-    )  # fmt: skip
-    x = jnp.zeros(x_shape, jnp.float32)
-    closed = jax.make_jaxpr(lambda x, y: solver.step(objective, x, solver.init(objective, x)))(x, y)
+
+    def one_step(x, y):
+        objective = Objective(
+            fn, y, loss=options.get("loss", "mse"), regularizers=options.get("regularizers", ()),
+            bounds=options.get("bounds"),
+        )  # fmt: skip
+        return solver.step(objective, x, solver.init(objective, x))
+
+    closed = jax.make_jaxpr(one_step)(jnp.zeros(x_shape, jnp.float32), y)
     h = hashlib.sha256()
     h.update(str(closed.jaxpr).encode())
     for const in closed.consts:
@@ -423,9 +427,16 @@ def invert_dataset(
                     f"{entry['rows'][0]}..{entry['rows'][1] - 1} differ); refusing to mix "
                     "results: use another out_dir"
                 )
-            if entry is not None and _all_agree(_chunk_ok(out_dir, entry, mine)):
-                bar.update(batch.shape[0])
-                continue
+            if entry is not None:
+                if _all_agree(_chunk_ok(out_dir, entry, mine)):
+                    bar.update(batch.shape[0])
+                    continue
+                warnings.warn(
+                    f"chunk {c} of {out_dir}: a file is missing or does not match its checksum; "
+                    "solving it again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             manifest["chunks"].pop(str(c), None)  # missing or corrupted: solve it again
             solve_chunk(c, batch)
             bar.update(batch.shape[0])

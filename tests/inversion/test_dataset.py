@@ -1,0 +1,189 @@
+"""invert_dataset in one process: chunks equal invert_batch, resume loses nothing and changes
+nothing, corrupted or foreign files are never mixed in, every kind of targets input works.
+
+Comparisons are bitwise: a resumed chunk is solved by the same program on the same rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import inversion
+from inversion import invert_dataset, load_dataset_result
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+A = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+TARGETS = np.asarray(
+    jax.vmap(lambda x: jnp.tanh(A @ x))(
+        jnp.asarray(np.random.default_rng(1).normal(size=(11, 3)), jnp.float32)
+    )
+)
+KW = dict(x_shape=(3,), steps=15, optimizer="adam", learning_rate=0.05, progress=False)
+
+
+def fn(x):
+    return jnp.tanh(A @ x)
+
+
+def fields(r):
+    return {k: np.asarray(getattr(r, k)) for k in ("x", "loss", "residual", "steps", "status_code")}
+
+
+def assert_same(a, b):
+    for k, v in fields(a).items():
+        np.testing.assert_array_equal(v, fields(b)[k], err_msg=k)
+
+
+def test_chunks_equal_invert_batch_on_the_same_rows(tmp_path):
+    res = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    assert res.complete and res.n_rows == 11 and list(res.done) == list(range(11))
+    kw = {k: v for k, v in KW.items() if k != "progress"}
+    for start in (0, 4, 8):
+        ref = inversion.invert_batch(fn, TARGETS[start : start + 4], **kw)
+        np.testing.assert_array_equal(res.x[start : start + 4], np.asarray(ref.x))
+        np.testing.assert_array_equal(res.status[start : start + 4], ref.status)
+    again = load_dataset_result(tmp_path)
+    assert_same(again, res)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["chunk-000000-p000.npz", "chunk-000001-p000.npz", "chunk-000002-p000.npz",
+                     "manifest.json"]  # fmt: skip
+    with np.load(tmp_path / files[1]) as data:  # readable with NumPy alone
+        np.testing.assert_array_equal(data["rows"], [4, 5, 6, 7])
+
+
+def test_resume_after_an_interruption_recomputes_only_what_is_missing(tmp_path):
+    full = invert_dataset(fn, TARGETS, out_dir=tmp_path / "full", chunk_rows=4, **KW)
+
+    class Interrupt:  # the targets stream is cut after two chunks (Ctrl-C mid-run)
+        def __iter__(self):
+            yield TARGETS[:4]
+            yield TARGETS[4:8]
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        invert_dataset(fn, Interrupt(), out_dir=tmp_path / "cut", chunk_rows=4, **KW)
+    partial = load_dataset_result(tmp_path / "cut")
+    assert not partial.complete and list(partial.done) == list(range(8))
+    np.testing.assert_array_equal(partial.x, full.x[:8])
+    kept = (tmp_path / "cut" / "chunk-000000-p000.npz").stat().st_mtime_ns
+    resumed = invert_dataset(fn, TARGETS, out_dir=tmp_path / "cut", chunk_rows=4, **KW)
+    assert resumed.complete
+    assert_same(resumed, full)
+    assert (tmp_path / "cut" / "chunk-000000-p000.npz").stat().st_mtime_ns == kept  # not redone
+
+
+def test_a_corrupted_chunk_is_detected_and_solved_again(tmp_path):
+    full = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    path = tmp_path / "chunk-000001-p000.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="chunk 1"):
+        again = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    assert_same(again, full)
+
+
+def test_other_options_or_other_targets_are_refused(tmp_path):
+    invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    for change in (dict(steps=16), dict(learning_rate=0.06), dict(key=jax.random.key(0))):
+        with pytest.raises(ValueError, match="different options"):
+            invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **{**KW, **change})
+    with pytest.raises(ValueError, match="different options"):
+        invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=5, **KW)
+    B = A * 1.01  # the same program with other weights: other constants, other fingerprint
+    with pytest.raises(ValueError, match="different options"):
+        invert_dataset(lambda x: jnp.tanh(B @ x), TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    with pytest.raises(ValueError, match="other targets"):
+        invert_dataset(fn, TARGETS[::-1].copy(), out_dir=tmp_path, chunk_rows=4, **KW)
+
+
+def test_iterables_and_memmaps_give_the_same_results(tmp_path):
+    ref = invert_dataset(fn, TARGETS, out_dir=tmp_path / "a", chunk_rows=4, **KW)
+    uneven = [TARGETS[:3], TARGETS[3:4], TARGETS[4:10], TARGETS[10:]]
+    it = invert_dataset(fn, iter(uneven), out_dir=tmp_path / "b", chunk_rows=4, **KW)
+    assert it.complete and it.n_rows == 11
+    assert_same(it, ref)
+    np.save(tmp_path / "t.npy", TARGETS)
+    mm = invert_dataset(fn, np.load(tmp_path / "t.npy", mmap_mode="r"), out_dir=tmp_path / "c",
+                        chunk_rows=4, **KW)  # fmt: skip
+    assert_same(mm, ref)
+
+
+def test_one_start_per_target_is_chunked_with_the_targets(tmp_path):
+    x0 = np.asarray(np.random.default_rng(5).normal(size=(11, 3)), np.float32)
+    kw = {k: v for k, v in KW.items() if k != "x_shape"}
+    res = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, x0=x0, **kw)
+    ref = inversion.invert_batch(fn, TARGETS[4:8], x0=x0[4:8], steps=15, optimizer="adam",
+                                 learning_rate=0.05)  # fmt: skip
+    np.testing.assert_array_equal(res.x[4:8], np.asarray(ref.x))
+    with pytest.raises(ValueError, match="one per target"):
+        invert_dataset(fn, TARGETS, out_dir=tmp_path / "x", chunk_rows=4, x0=x0[:5], **kw)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="chunk_rows"):
+        invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=0, **KW)
+    with pytest.raises(TypeError, match="unknown options"):
+        invert_dataset(fn, TARGETS, out_dir=tmp_path, stepz=3, **KW)
+    with pytest.raises(ValueError, match="no rows"):
+        invert_dataset(fn, iter([]), out_dir=tmp_path, **KW)
+    with pytest.raises(ValueError, match="manifest"):
+        load_dataset_result(tmp_path / "nothing")
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, time
+    from inversion import cpu_devices
+    cpu_devices.configure()  # as tests/conftest.py: the same devices, the same bits
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from test_dataset import fn, TARGETS, KW
+    import inversion
+
+    def slow(batches):  # one chunk at a time, slowly, so the kill lands mid-run
+        for b in batches:
+            yield b
+            time.sleep(0.5)
+
+    inversion.invert_dataset(fn, slow([TARGETS[i:i + 2] for i in range(0, 11, 2)]),
+                             out_dir=sys.argv[1], chunk_rows=2, **KW)
+    """
+)
+
+
+def test_sigkill_mid_run_loses_at_most_the_chunk_in_flight(tmp_path):
+    ref = invert_dataset(fn, TARGETS, out_dir=tmp_path / "ref", chunk_rows=2, **KW)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(out), str(pathlib.Path(__file__).parent)], env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            manifest = out / "manifest.json"
+            if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    partial = load_dataset_result(out)
+    assert 2 <= len(partial.done) // 2 < 6 and not partial.complete
+    resumed = invert_dataset(fn, TARGETS, out_dir=out, chunk_rows=2, **KW)
+    assert_same(resumed, ref)
