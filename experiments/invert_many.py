@@ -7,8 +7,9 @@
         [--distributed]                         # Slurm / TPU pod: jax.distributed detects all
 
 Targets are the trained seed U-Net's outputs (or, with ``--layer``, its activations at that
-layer) on ``N`` synthetic scenes (``models.data.synthetic_scenes`` with key 2, never the
-training or test scenes); each is inverted from ``x0 = 0.5`` in the box ``[0, 1]`` by
+layer) on ``N`` synthetic scenes (``models.data.synthetic_scenes``, generated in blocks of 1,024
+from ``fold_in(key(2), block)``, never the training or test scenes, so memory stays flat in
+``N``); each is inverted from ``x0 = 0.5`` in the box ``[0, 1]`` by
 projected Adam (lr 0.1, cosine schedule) for ``--steps`` steps. Results go to ``DIR`` chunk by
 chunk (layout in :mod:`inversion.dataset`); running the same command again resumes, and
 ``DIR/summary.json`` holds the medians once every chunk is done.
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import signal
 import socket
 import subprocess
@@ -165,24 +167,78 @@ def _fn(model, layer: str | None):
     return fn
 
 
-def targets_and_fn(n: int, *, quick: bool, layer: str | None, model=None):
-    """``(fn, targets, x_true)``: the seed U-Net (or its map to ``layer``) and its outputs on
-    ``n`` synthetic scenes."""
+BLOCK = 1024  # scenes generated at a time: memory stays flat in the number of targets
+
+
+def scenes(n: int, size: int):
+    """The ``n`` input scenes in blocks of :data:`BLOCK` (block ``b`` drawn with
+    ``fold_in(key(DATA_KEY), b)``), as float32 NHWC arrays."""
     import jax
     import numpy as np
 
     import models
 
+    for b, start in enumerate(range(0, n, BLOCK)):
+        key = jax.random.fold_in(jax.random.key(DATA_KEY), b)
+        yield np.asarray(models.data.synthetic_scenes(key, min(BLOCK, n - start), size=size).images)
+
+
+def targets_and_fn(n: int, *, quick: bool, layer: str | None, model=None):
+    """``(fn, targets, size)``: the seed U-Net (or its map to ``layer``) and a generator of
+    its outputs on the ``n`` scenes of :func:`scenes`, block by block."""
+    import jax
+    import numpy as np
+
     if model is None:
         model, size = _model(quick)
     else:
         size = 16 if quick else 32
-    scenes = models.data.synthetic_scenes(jax.random.key(DATA_KEY), n, size=size)
-    x_true = np.asarray(scenes.images, np.float32)
     fn = _fn(model, layer)
     batched = jax.jit(jax.vmap(fn))
-    targets = np.concatenate([np.asarray(batched(x_true[i : i + 256])) for i in range(0, n, 256)])
-    return fn, targets, x_true
+
+    def targets():
+        for block in scenes(n, size):
+            yield np.concatenate(
+                [np.asarray(batched(block[i : i + 256])) for i in range(0, len(block), 256)]
+            )
+
+    return fn, targets(), size
+
+
+def input_error_median(out: pathlib.Path, n: int, size: int) -> float:
+    """Median ``||x - x_true|| / ||x_true||`` over the results, read chunk by chunk."""
+    import numpy as np
+
+    import inversion
+
+    result = inversion.load_dataset_result(out)
+    errors = np.empty(n)
+    truth = np.concatenate(list(scenes(n, size))) if n <= 4 * BLOCK else None
+    for _, chunk in sorted((int(k), v) for k, v in result.manifest["chunks"].items()):
+        for file in chunk["files"]:
+            with np.load(out / file) as data:
+                rows, x = data["rows"], data["x"]
+            if truth is None:  # regenerate only the blocks these rows come from
+                blocks = {int(r) // BLOCK for r in (rows.min(), rows.max())}
+                ref = {b: _block(b, n, size) for b in range(min(blocks), max(blocks) + 1)}
+                x_true = np.stack([ref[int(r) // BLOCK][int(r) % BLOCK] for r in rows])
+            else:
+                x_true = truth[rows]
+            errors[rows] = np.linalg.norm((x - x_true).reshape(len(x), -1), axis=1) / (
+                np.linalg.norm(x_true.reshape(len(x), -1), axis=1)
+            )
+    return float(np.median(errors))
+
+
+def _block(b: int, n: int, size: int):
+    import jax
+    import numpy as np
+
+    import models
+
+    key = jax.random.fold_in(jax.random.key(DATA_KEY), b)
+    count = min(BLOCK, n - b * BLOCK)
+    return np.asarray(models.data.synthetic_scenes(key, count, size=size).images)
 
 
 def prepare(path: pathlib.Path, quick: bool) -> None:
@@ -251,7 +307,7 @@ def run_worker(args) -> dict:
         cpu_devices.configure()
     steps = args.steps or (10 if args.quick else 100)
     chunk_rows = args.chunk_rows or (8 if args.quick else 256)
-    fn, targets, x_true = targets_and_fn(
+    fn, targets, size = targets_and_fn(
         args.targets, quick=args.quick, layer=args.layer, model=model
     )
     solver = solvers.Optax(optax.adam(optax.cosine_decay_schedule(ADAM_LR, steps)))
@@ -262,7 +318,7 @@ def run_worker(args) -> dict:
         out_dir=args.out,
         chunk_rows=chunk_rows,
         progress=not args.no_progress,
-        x0=np.full_like(x_true, 0.5),
+        x0_shared=np.full((size, size, 1), 0.5, np.float32),
         solver=solver,
         steps=steps,
         bounds=(0.0, 1.0),
@@ -271,14 +327,11 @@ def run_worker(args) -> dict:
     summary = {"targets": args.targets, "steps": steps, "chunk_rows": chunk_rows,
                "processes": jax.process_count(), "devices": jax.device_count(),
                "seconds": seconds, "layer": args.layer}  # fmt: skip
+    summary["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if jax.process_index() == 0:
-        x = result.x
-        err = np.linalg.norm((x - x_true).reshape(len(x), -1), axis=1) / np.linalg.norm(
-            x_true.reshape(len(x), -1), axis=1
-        )
         summary.update(
             output_residual_median=float(np.median(result.residual)),
-            input_error_median=float(np.median(err)),
+            input_error_median=input_error_median(args.out, args.targets, size),
         )
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))

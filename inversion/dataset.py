@@ -323,6 +323,7 @@ def invert_dataset(
     out_dir: str | os.PathLike,
     chunk_rows: int = 256,
     progress: bool = True,
+    x0_shared: Any = None,
     **invert_options,
 ) -> DatasetResult:
     """Invert every row of ``targets`` like :func:`inversion.invert_batch`, chunk by chunk,
@@ -335,6 +336,9 @@ def invert_dataset(
         out_dir: the results folder (created if needed); a second call resumes.
         chunk_rows: targets per chunk (the unit of work lost by an interruption).
         progress: a tqdm bar with targets per second and, for arrays, the ETA.
+        x0_shared: one input, the start of every target (instead of ``x0`` with one start per
+            target, which needs ``targets`` as an array); memory then stays one chunk's worth
+            for a stream of targets.
         invert_options: any option of ``invert_batch`` (``solver``, ``steps``, ``bounds``,
             ``key``, ``x0`` with one start per target, ...). ``mesh`` defaults to all devices of
             all processes when ``jax.distributed`` runs several.
@@ -353,6 +357,10 @@ def invert_dataset(
         raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
     out_dir = pathlib.Path(out_dir)
     x0_all = invert_options.pop("x0", None)
+    if x0_shared is not None:
+        if x0_all is not None:
+            raise ValueError("give x0 (one start per target) or x0_shared (one for all), not both")
+        x0_shared = np.asarray(x0_shared)
     if x0_all is not None:
         if not isinstance(targets, np.ndarray | jax.Array):
             raise ValueError("x0 (one start per target) needs targets as an array or memmap")
@@ -371,6 +379,8 @@ def invert_dataset(
     options_for_print = dict(invert_options)
     if x0_all is not None:
         options_for_print["x0"] = x0_all
+    elif x0_shared is not None:
+        options_for_print["x0"] = x0_shared[None]
     else:
         options_for_print.setdefault("x_shape", invert_options.get("x_shape"))
     fp = fingerprint(fn, first[0], chunk_rows=chunk_rows, **options_for_print)
@@ -398,6 +408,8 @@ def invert_dataset(
         opts = dict(invert_options)
         if x0_all is not None:
             opts["x0"] = np.asarray(x0_all[start : start + batch.shape[0]])
+        elif x0_shared is not None:
+            opts["x0"] = np.broadcast_to(x0_shared, (batch.shape[0], *x0_shared.shape))
         result = invert_batch(fn, batch, chunk=batch.shape[0], **opts)
         rows = _owned_rows(result.x)
         arrays = {"rows": (start + rows).astype(np.int64)}
