@@ -208,26 +208,34 @@ def invert(
     float32 before anything runs, and ``Result.x`` is float32. Integer or boolean ``x0`` is
     float32; complex ``target`` or ``x0`` is a ``TypeError``.
 
-    Args:
+    The options, by what they describe:
+
+    Problem (what is minimised; :class:`inversion.Objective` holds the same for one target):
         fn: pure map from one input to one output (close over the weights).
         target: the output ``y`` to match; its shape must be ``fn``'s output shape.
+        loss: ``'mse'``, ``'normalized'``, ``'cosine'`` or a callable ``(pred, target) -> scalar``.
+        regularizers: a callable ``x -> penalty`` or a tuple of them (:mod:`regularizers`).
+        bounds: ``(lo, hi)``; ``x`` is clipped into the box at the start and after every step.
+
+    Solver (how):
+        solver: an :mod:`inversion.solvers` object (``solvers.LBFGS()``,
+            ``solvers.LevenbergMarquardt()``, ``solvers.Optax(tx)``, ...); ``None`` uses
+            ``optimizer``. Give one or the other.
+        optimizer: ``None`` (``optax.adam(1e-2)``), ``'adam'``, ``'sgd'`` (lr 1e-2), ``'lbfgs'``
+            (optax's, zoom line search) or any ``optax.GradientTransformation``; extra-args
+            transformations (``optax.lbfgs()``) receive ``value``, ``grad`` and ``value_fn``.
+        learning_rate: learning rate for an optimizer given by name.
+        steps: maximum number of solver steps (>= 1); ``history`` has this length.
+        tol: stop with status ``'converged'`` once ``J(x) <= tol``.
+
+    Start (from where):
         x0: the starting input (its shape is the input shape).
         x_shape: one input's shape (positive ints), needed when ``x0`` is not given.
         key: ONE ``jax.random.key`` (shape ``()``; a raw ``jax.random.PRNGKey`` also works) for
             a random start ``init_scale * N(0, I)`` (without ``x0``).
         init_scale: standard deviation of the random start (default 0.1).
-        loss: ``'mse'``, ``'normalized'``, ``'cosine'`` or a callable ``(pred, target) -> scalar``.
-        solver: an :mod:`inversion.solvers` object (``solvers.LBFGS()``,
-            ``solvers.LevenbergMarquardt()``, ``solvers.Optax(tx)``, ...); ``None`` uses
-            ``optimizer``. Give one or the other.
-        optimizer: ``None`` (``optax.adam(1e-2)``), ``'adam'``, ``'sgd'`` (lr 1e-2), ``'lbfgs'``
-            (zoom line search) or any ``optax.GradientTransformation``; extra-args
-            transformations (``optax.lbfgs()``) receive ``value``, ``grad`` and ``value_fn``.
-        learning_rate: learning rate for an optimizer given by name.
-        steps: maximum number of optimiser steps (>= 1); ``history`` has this length.
-        regularizers: a callable ``x -> penalty`` or a tuple of them (:mod:`regularizers`).
-        bounds: ``(lo, hi)``; ``x`` is clipped into the box at the start and after every step.
-        tol: stop with status ``'converged'`` once ``J(x) <= tol``.
+
+    Execution (on what, how often the host looks):
         loop: ``'python'`` (jitted step driven from Python; best on XLA:CPU), ``'compiled'``
             (``lax.scan`` / ``lax.while_loop``; best on GPU/TPU) or ``'auto'`` (by backend).
         check_every: the Python loop reads one flag back every this many steps to stop early.
@@ -320,7 +328,10 @@ def invert_batch(
     has shape ``(N, R, *xs)`` and :meth:`Result.best` picks the lowest-loss restart per target.
     Precision and argument types as in :func:`invert`.
 
-    Args:
+    Start (besides ``x0``, ``x_shape``, ``key``, ``init_scale``):
+        restarts: starts per target (see above).
+
+    Execution (besides ``loop``, ``check_every``, ``time_limit``, ``progress``):
         chunk: solve at most this many targets (times restarts) at once; results are identical.
             ``None``: all at once on accelerators, at most 64 rows (targets × restarts) per
             device at a time on CPU, where larger batches cost more per target (see
@@ -329,7 +340,7 @@ def invert_batch(
             devices (``NamedSharding(mesh, P(mesh.axis_names))``), padded to a multiple of the
             device count. With several processes (after ``jax.distributed.initialize``) pass the
             same host (numpy) arrays on every process; results are global arrays. ``None`` on a
-            CPU with several CPU devices (one per core by default, see
+            CPU with several CPU devices (one per core after ``cpu_devices.configure()``, see
             :mod:`inversion.cpu_devices`) and at least one row per device: all CPU devices.
         other options: as in :func:`invert`.
     """
