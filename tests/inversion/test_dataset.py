@@ -187,3 +187,16 @@ def test_sigkill_mid_run_loses_at_most_the_chunk_in_flight(tmp_path):
     assert 2 <= len(partial.done) // 2 < 6 and not partial.complete
     resumed = invert_dataset(fn, TARGETS, out_dir=out, chunk_rows=2, **KW)
     assert_same(resumed, ref)
+
+
+def test_a_shared_start_equals_the_same_start_given_per_target(tmp_path):
+    start = np.asarray([0.2, -0.1, 0.3], np.float32)
+    kw = {k: v for k, v in KW.items() if k != "x_shape"}
+    shared = invert_dataset(fn, iter([TARGETS]), out_dir=tmp_path / "s", chunk_rows=4,
+                            x0_shared=start, **kw)  # fmt: skip
+    each = invert_dataset(fn, TARGETS, out_dir=tmp_path / "e", chunk_rows=4,
+                          x0=np.broadcast_to(start, (11, 3)).copy(), **kw)  # fmt: skip
+    assert_same(shared, each)
+    with pytest.raises(ValueError, match="not both"):
+        invert_dataset(fn, TARGETS, out_dir=tmp_path / "b", x0_shared=start,
+                       x0=np.zeros((11, 3), np.float32), **kw)  # fmt: skip
