@@ -1,11 +1,15 @@
-"""Gradient-based inversion: find ``x`` with ``fn(x) ~ y`` by descending ``J(x)`` w.r.t. ``x``.
+"""Gradient-based inversion: find ``x`` with ``fn(x) ~ y``, driven from the host.
 
-``J(x) = L(fn(x), y) + sum_k R_k(x)``, minimised by an optax optimiser, optionally projected onto
-box bounds after every step. ``invert`` solves one target; ``invert_batch`` solves many (and
-several random restarts each) as ONE batched problem: ``fn`` is ``vmap``-ed over rows, chunked to
-bound memory and optionally sharded over a device mesh. Rows never interact, so a batch gives
-the same answer as separate ``invert`` calls. See :mod:`inversion.loop` for the step rules and
-:mod:`inversion.result` for the result layout.
+``J(x) = L(fn(x), y) + sum_k R_k(x)`` is minimised by a solver of :mod:`inversion.solvers`
+(default: projected Adam, ``solvers.Optax(optax.adam(1e-2))``), optionally within box bounds.
+``invert`` solves one target; ``invert_batch`` solves many (and several random restarts each)
+as ONE batched problem: the per-row rules of :mod:`inversion.solve` are ``vmap``-ed over rows,
+chunked to bound memory and optionally sharded over a device mesh. Rows never interact, so a
+batch gives the same answer as separate ``invert`` calls. This module is the host-side driver
+(validation before anything compiles, starts, chunking, the device split, progress bar, early
+stop, time limit); :func:`inversion.solve` is the same computation as one pure, traceable
+function. See :mod:`inversion.loop` for the batched step and :mod:`inversion.result` for the
+result layout.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +55,19 @@ def resolve_solver(solver, optimizer, learning_rate) -> Solver:
     return solver
 
 
+class Setup(NamedTuple):
+    """What :func:`_setup` validated and resolved for the drivers."""
+
+    problem: Problem  # the per-row problem (fn, loss, regularizers, solver, steps, bounds, ...)
+    x0: jax.Array | None  # the start as given, cast to the working dtype, or None
+    x_shape: tuple[int, ...]  # one input's shape
+    dtype: Any  # the working dtype of x
+    target_dtype: Any  # the dtype of fn's output (targets are cast to it)
+    loop: str  # 'python' or 'compiled'
+    check_every: int
+    init_scale: float
+
+
 def _setup(
     fn,
     target_shape,
@@ -77,9 +94,7 @@ def _setup(
 
     ``lead`` is the number of leading axes of ``x0`` before one input's shape; ``rows`` the
     number of rows to solve (on CPU without a mesh, enough rows are split over the CPU devices,
-    see :mod:`inversion.cpu_devices`). Returns
-    ``(problem, x0 as an array or None, x_shape, x dtype, target dtype, loop, check_every,
-    init_scale)``.
+    see :mod:`inversion.cpu_devices`). Returns a :class:`Setup`.
     """
     chk.check_callable("fn", fn)
     key = chk.check_key(key)
@@ -138,7 +153,7 @@ def _setup(
     y_struct = jax.ShapeDtypeStruct(out.shape, out.dtype)
     solver.check(problem.objective(jnp.zeros(out.shape, out.dtype)))
     _check_objective(problem, jax.ShapeDtypeStruct(x_shape, dtype), y_struct)
-    return problem, x0, x_shape, dtype, out.dtype, loop, check_every, init_scale
+    return Setup(problem, x0, x_shape, dtype, out.dtype, loop, check_every, init_scale)
 
 
 @functools.lru_cache(maxsize=64)
