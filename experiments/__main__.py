@@ -45,6 +45,7 @@ EXPERIMENTS = (
     "unet_layerwise",
     "preimage_spread",
     "alternatives",
+    "invertible_baselines",
     "visualisation",
     "layer_probes",
 )

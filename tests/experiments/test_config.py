@@ -111,6 +111,34 @@ PINNED = {
             targets=16, steps=400, train_steps=400, n_train=2000, train_profile="default"
         ),
     },
+    "invertible_baselines": {
+        "quick": dict(
+            targets=4,
+            train_steps=20,
+            n_train=128,
+            hidden=8,
+            iresnet_iterations=60,
+            plot_iterations=40,
+            invert_steps=30,
+            decoder_steps=30,
+            decoder_n_train=128,
+            train_profile="quick",
+            networks=("Glow", "IRevNet", "IResNet", "InvertibleUNet", "Flow"),
+        ),
+        "default": dict(
+            targets=16,
+            train_steps=200,
+            n_train=2000,
+            hidden=16,
+            iresnet_iterations=100,
+            plot_iterations=100,
+            invert_steps=200,
+            decoder_steps=400,
+            decoder_n_train=2000,
+            train_profile="default",
+            networks=("Glow", "IRevNet", "IResNet", "InvertibleUNet", "Flow"),
+        ),
+    },
     "visualisation": {
         "quick": dict(scenes=1, channels=4, bottleneck_channels=8, bins=40, train_profile="quick"),
         "default": dict(

@@ -1,0 +1,61 @@
+"""Smoke run of the invertible_baselines experiment (quick sizes): the table's fields per model,
+the diagnostic, the i-ResNet iteration curves below their bound, and the figures."""
+
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+
+def test_invertible_baselines_quick(tmp_path):
+    """Two of the five networks (IRevNet; IResNet, whose iterations are plotted) to keep the
+    suite's time: each network costs its own compilations (training, memory, inverse)."""
+    import dataclasses
+
+    from experiments import invertible_baselines as ib
+
+    networks = ("IRevNet", "IResNet")
+    config = dataclasses.replace(ib.get_config("quick"), networks=networks)
+    summary = ib.run(config, tmp_path)
+    folder = tmp_path / "invertible_baselines"
+    saved = json.loads((folder / "metrics.json").read_text())
+    for name in (*networks, "UNet", "Decoder"):
+        row = saved[name]
+        assert {"params", "dice", "round_trip_median", "round_trip_max"} <= set(row)
+        assert row["params"] > 0 and row["inverse_seconds"] > 0
+        assert row["round_trip_median"] <= row["round_trip_max"]
+        assert math.isfinite(row["memory_vs_unet"]) and row["memory_vs_unet"] > 0
+    for name in networks:  # exact by construction even after 20 training steps
+        assert saved[name]["round_trip_max"] < ib.EXACT and 0 <= saved[name]["dice"] <= 1
+    assert saved["UNet"]["round_trip_median"] > 1e-2  # the engine approximates
+    assert saved["Decoder"]["dice"] is None
+    assert saved["inexact"] == []
+    curves = saved["iresnet_iterations"]
+    assert len(curves) == 4, len(curves)
+    assert all(c["below_bound"] for c in curves), [
+        (c["below_bound"], c["lipschitz_bound"]) for c in curves
+    ]
+    assert all(0 < c["lipschitz_bound"] <= 0.9 * (1 + 1e-6) for c in curves)  # float32 √0.9²
+    assert [r["quantity"] for r in summary["references"]][1].startswith("every invertible")
+    for png in ("iresnet_iterations.png", "summary.png"):
+        assert (folder / png).stat().st_size > 0
+    assert "| IRevNet |" in (folder / "table.md").read_text()
+
+
+def test_the_diagnostic_flags_an_inexact_inverse(capsys):
+    """A model whose round trip exceeds 1e-4 (or is NaN) is named, warned about and printed:
+    an inverse that fails never passes silently."""
+    import pytest
+
+    from experiments import invertible_baselines as ib
+
+    rows = {n: {"round_trip_max": 1e-6} for n in ib.INVERTIBLE}
+    rows["UNet"] = {"round_trip_max": 0.5}  # not invertible: not flagged
+    assert ib.flag_inexact(rows) == []
+    rows["Glow"]["round_trip_max"] = 2e-4
+    rows["IResNet"]["round_trip_max"] = float("nan")
+    with pytest.warns(RuntimeWarning, match=r"\['Glow', 'IResNet'\] is not exact to 0.0001"):
+        assert ib.flag_inexact(rows) == ["Glow", "IResNet"]
+    assert "not exact" in capsys.readouterr().err
