@@ -112,9 +112,9 @@ class Bijector(nnx.Module):
         return self._inverse_and_log_det(y)[0]
 
     def _initialize(self, x: Batch) -> Batch:
-        """Data-dependent initialisation from a batch; returns the forward output. Default:
-        nothing to initialise."""
-        return self._forward_and_log_det(x)[0]
+        """Data-dependent initialisation from a batch; returns the forward output (without
+        the log-det, which may cost far more: i-ResNet). Default: nothing to initialise."""
+        return self._forward(x)
 
     # -- public forms: one image or a batch ------------------------------------------------
     def _lift(self, x, method: str, name: str, channels: int, multiple: int):
