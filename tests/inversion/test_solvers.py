@@ -29,8 +29,8 @@ KAPPA = float(np.linalg.cond(np.asarray(A)))
 
 SECOND_ORDER = {
     "LBFGS": solvers.LBFGS(),
-    "LevenbergMarquardt": solvers.LevenbergMarquardt(cg_steps=20),
-    "GaussNewton": solvers.GaussNewton(cg_steps=20),
+    "LevenbergMarquardt": solvers.LevenbergMarquardt(cg_steps=12),
+    "GaussNewton": solvers.GaussNewton(cg_steps=12),
 }
 ALL = {**SECOND_ORDER, "Optax-adam": solvers.Optax(optax.adam(0.02))}
 
@@ -120,7 +120,7 @@ def test_gauss_newton_with_enough_cg_steps_is_exact_in_one_step_on_an_affine_reg
     y = relu_affine(X_TRUE)
     dx = jnp.full(12, 0.001, jnp.float32)
     res = solve(
-        Objective(relu_affine, y), solvers.GaussNewton(cg_steps=24), X_TRUE + dx, max_steps=1
+        Objective(relu_affine, y), solvers.GaussNewton(cg_steps=16), X_TRUE + dx, max_steps=1
     )
     assert int(res.steps) == 1
     assert rel(res.x, X_TRUE) <= 1e-4
@@ -137,7 +137,7 @@ def test_regularizers_enter_the_gauss_newton_model():
         a64.T @ a64 * 2 / m + 2 * lam * np.eye(12), a64.T @ np.asarray(y) * 2 / m
     )
     reg = lambda x: lam * jnp.sum(x**2)  # noqa: E731
-    for solver in (solvers.LevenbergMarquardt(cg_steps=20), solvers.GaussNewton(cg_steps=20)):
+    for solver in (solvers.LevenbergMarquardt(cg_steps=12), solvers.GaussNewton(cg_steps=12)):
         res = solve(Objective(linear, y, regularizers=reg), solver, jnp.zeros(12), max_steps=40)
         assert rel(res.x, exact) <= 1e-4
 
@@ -146,7 +146,7 @@ def test_normalized_loss_has_the_same_minimiser_for_least_squares_solvers():
     y = linear(X_TRUE)
     res = solve(
         Objective(linear, y, loss="normalized"),
-        solvers.LevenbergMarquardt(cg_steps=20),
+        solvers.LevenbergMarquardt(cg_steps=12),
         jnp.zeros(12),
         max_steps=40,
     )
@@ -155,44 +155,41 @@ def test_normalized_loss_has_the_same_minimiser_for_least_squares_solvers():
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_user_jit_vmap_of_solve_equals_one_solve_per_row(name):
-    solver = ALL[name]
-    xs = jnp.asarray(RNG.uniform(0.1, 0.9, size=(5, 12)), jnp.float32)
+    """The same per-row arithmetic in a batched and an unbatched program differs by rounding
+    only: over 6 steps each rounding at eps32 relative to |x| <= 1, with a 10x margin. (Longer
+    runs are not compared step for step: a line search or a damping decision taken on a
+    rounding-level difference sends the two runs along different, equally valid paths.)"""
+    solver, steps = ALL[name], 6
+    rng = np.random.default_rng(7)
+    xs = jnp.asarray(rng.uniform(0.1, 0.9, size=(5, 12)), jnp.float32)
     ys = jax.vmap(relu_affine)(xs)
     x0 = jnp.full((5, 12), 0.5)
-    many = jax.jit(
-        jax.vmap(
-            lambda y, x0: solve(
-                Objective(relu_affine, y, bounds=(0.0, 1.0)), solver, x0, max_steps=25
-            )
-        )
-    )(ys, x0)
-    assert many.x.shape == (5, 12) and many.history.shape == (5, 25)
+
+    def one_row(y, x0):
+        return solve(Objective(relu_affine, y, bounds=(0.0, 1.0)), solver, x0, max_steps=steps)
+
+    many = jax.jit(jax.vmap(one_row))(ys, x0)
+    assert many.x.shape == (5, 12) and many.history.shape == (5, steps)
+    single = jax.jit(one_row)
     for i in range(5):
-        one = jax.jit(
-            lambda y, x0: solve(
-                Objective(relu_affine, y, bounds=(0.0, 1.0)), solver, x0, max_steps=25
-            )
-        )(ys[i], x0[i])
-        # the same per-row arithmetic in a batched and an unbatched program: rounding only,
-        # 25 steps each rounding at eps32 relative to |x| <= 1
-        np.testing.assert_allclose(many.x[i], one.x, atol=25 * 1.2e-7 * 10, rtol=0)
-        if int(one.status_code) == 0 and int(many.status_code[i]) == 0:
-            assert int(many.steps[i]) == int(one.steps) == 25
-        # a row that stops at round-off ('stalled') may stop a few steps apart in the two
-        # programs; its x is still within rounding (above)
+        one = single(ys[i], x0[i])
+        np.testing.assert_allclose(many.x[i], one.x, atol=steps * 1.2e-7 * 10, rtol=0)
+        assert int(many.steps[i]) == int(one.steps)
+        assert int(many.status_code[i]) == int(one.status_code)
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_engine_accepts_every_solver_and_batch_equals_loop_of_invert(name):
+    """As above, through the host driver (6 steps: rounding only, 10x margin)."""
     solver = ALL[name]
-    xs = jnp.asarray(RNG.uniform(0.1, 0.9, size=(3, 12)), jnp.float32)
+    xs = jnp.asarray(np.random.default_rng(8).uniform(0.1, 0.9, size=(3, 12)), jnp.float32)
     ys = jax.vmap(relu_affine)(xs)
-    kw = dict(x0=None, x_shape=(12,), solver=solver, steps=20, bounds=(0.0, 1.0))
+    kw = dict(x0=None, x_shape=(12,), solver=solver, steps=6, bounds=(0.0, 1.0))
     batch = inversion.invert_batch(relu_affine, ys, **kw)
     for i in range(3):
         one = inversion.invert(relu_affine, ys[i], **kw)
-        np.testing.assert_allclose(batch.x[i], one.x, atol=20 * 1.2e-7 * 10, rtol=0)
-        np.testing.assert_allclose(batch.loss[i], one.loss, rtol=1e-3, atol=1e-9)
+        np.testing.assert_allclose(batch.x[i], one.x, atol=6 * 1.2e-7 * 10, rtol=0)
+        np.testing.assert_array_equal(batch.steps[i], one.steps)
 
 
 def test_objective_is_a_pytree_with_the_target_as_its_leaf():
@@ -248,7 +245,7 @@ def test_stalled_status_is_named():
     y = linear(X_TRUE)
     res = solve(
         Objective(linear, y),
-        solvers.LevenbergMarquardt(cg_steps=20, max_damping=1e4),
+        solvers.LevenbergMarquardt(cg_steps=12, max_damping=1e4),
         jnp.zeros(12),
         max_steps=200,
     )
