@@ -97,19 +97,10 @@ def spawn_local(argv: list[str], processes: int, timeout: float) -> int:
 
     port = _free_port()
     per = max(1, cpu_devices.usable_cores() // processes)
-    rest = []
-    skip = False
-    for i, a in enumerate(argv):  # drop --local-processes P
-        if skip:
-            skip = False
-            continue
-        if a == "--local-processes":
-            skip = True
-            continue
-        if a.startswith("--local-processes="):
-            continue
-        rest.append(a)
-        del i
+    rest = [a for a in argv if not a.startswith("--local-processes=")]
+    if "--local-processes" in rest:  # drop "--local-processes P"
+        i = rest.index("--local-processes")
+        del rest[i : i + 2]
     procs = []
     env = {**os.environ, cpu_devices.ENV: str(per), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -173,14 +164,8 @@ BLOCK = 1024  # scenes generated at a time: memory stays flat in the number of t
 def scenes(n: int, size: int):
     """The ``n`` input scenes in blocks of :data:`BLOCK` (block ``b`` drawn with
     ``fold_in(key(DATA_KEY), b)``), as float32 NHWC arrays."""
-    import jax
-    import numpy as np
-
-    import models
-
-    for b, start in enumerate(range(0, n, BLOCK)):
-        key = jax.random.fold_in(jax.random.key(DATA_KEY), b)
-        yield np.asarray(models.data.synthetic_scenes(key, min(BLOCK, n - start), size=size).images)
+    for b in range(-(-n // BLOCK)):
+        yield _block(b, n, size)
 
 
 def targets_and_fn(n: int, *, quick: bool, layer: str | None, model=None):

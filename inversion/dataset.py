@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
+import itertools
 import json
 import os
 import pathlib
@@ -53,11 +55,7 @@ from inversion.result import STATUS_NAMES
 MANIFEST = "manifest.json"
 FIELDS = ("x", "loss", "residual", "steps", "status_code")
 VERSION = 1
-_OPTIONS = {
-    "x0", "x_shape", "key", "restarts", "mesh", "chunk", "init_scale", "loss", "solver",
-    "optimizer", "learning_rate", "steps", "regularizers", "bounds", "tol", "loop",
-    "check_every",
-}  # fmt: skip
+_OPTIONS = frozenset(inspect.signature(invert_batch).parameters) - {"fn", "targets", "progress"}
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -376,14 +374,14 @@ def invert_dataset(
     first = next(chunks, None)
     if first is None:
         raise ValueError("targets holds no rows")
-    options_for_print = dict(invert_options)
+    fingerprint_options = dict(invert_options)
     if x0_all is not None:
-        options_for_print["x0"] = x0_all
+        fingerprint_options["x0"] = x0_all
     elif x0_shared is not None:
-        options_for_print["x0"] = x0_shared[None]
+        fingerprint_options["x0"] = x0_shared[None]
     else:
-        options_for_print.setdefault("x_shape", invert_options.get("x_shape"))
-    fp = fingerprint(fn, first[0], chunk_rows=chunk_rows, **options_for_print)
+        fingerprint_options.setdefault("x_shape", invert_options.get("x_shape"))
+    fp = fingerprint(fn, first[0], chunk_rows=chunk_rows, **fingerprint_options)
 
     process = jax.process_index()
     if process == 0:
@@ -430,7 +428,7 @@ def invert_dataset(
 
     c = -1
     try:
-        for c, batch in enumerate(_prepend(first, chunks)):
+        for c, batch in enumerate(itertools.chain([first], chunks)):
             mine = [f"chunk-{c:06d}-p{process:03d}.npz"]
             entry = manifest["chunks"].get(str(c))
             if entry is not None and entry.get("targets_sha256") != _targets_sha(batch):
@@ -462,8 +460,3 @@ def invert_dataset(
         _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
     _sync("invert_dataset:done")
     return DatasetResult(out_dir, manifest)
-
-
-def _prepend(first, rest):
-    yield first
-    yield from rest

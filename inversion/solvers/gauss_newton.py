@@ -12,7 +12,11 @@ from inversion.objective import Objective
 from inversion.result import CONVERGED, STALLED
 from inversion.solvers.base import RUNNING, Solver, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
-from inversion.solvers.levenberg_marquardt import damped_step, gauss_newton_model
+from inversion.solvers.levenberg_marquardt import (
+    damped_step,
+    gauss_newton_model,
+    gradient_curvature,
+)
 from inversion.solvers.linesearch import (
     MIN_SCALE,
     check_step_sizes,
@@ -75,9 +79,7 @@ class GaussNewton(Solver):
     def step(self, objective: Objective, x: Array, state: GaussNewtonState):
         model = gauss_newton_model(objective, x)
         g = model.grad
-        ag = model.jvp(g)
-        gg = jnp.vdot(g, g)
-        lam = self.damping * jnp.vdot(ag, ag) / jnp.where(gg > 0, gg, 1.0)
+        lam = self.damping * gradient_curvature(model)
         lam = jnp.maximum(lam, jnp.finfo(jnp.result_type(x)).tiny)
         p = damped_step(model, free_variables(objective, x, -g), lam, self.cg_steps)
         x_next, ok = projected_search(

@@ -30,7 +30,7 @@ from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 
 class LMState(NamedTuple):
     value: Array  # J at the last step's input (+inf before the first step)
-    damping: Array  # lam (negative: not yet set, the first step sets it from the data)
+    damping: Array  # lam of the next step
     first_damping: Array  # lam of the first step (the scale for max_damping)
     nu: Array  # Nielsen's growth factor for lam on rejection
     grad_norm: Array  # projected gradient norm at the last step's input
@@ -106,6 +106,15 @@ def damped_step(model: GaussNewtonModel, mask: Array, damping: Array, cg_steps: 
     return m * conjugate_gradient(matvec, -m * model.grad, cg_steps)
 
 
+def gradient_curvature(model: GaussNewtonModel) -> Array:
+    """``(A g . A g) / (g . g)``: the Gauss-Newton curvature along the gradient (``0`` when
+    ``g = 0``), the scale against which the solvers set their damping."""
+    g = model.grad
+    ag = model.jvp(g)
+    gg = jnp.vdot(g, g)
+    return jnp.vdot(ag, ag) / jnp.where(gg > 0, gg, 1.0)
+
+
 def model_decrease(model: GaussNewtonModel, s: Array, curvature_s: Array) -> Array:
     """``m(0) - m(s) = -(g . s + 1/2 s . B s)``."""
     return -(jnp.vdot(model.grad, s) + 0.5 * jnp.vdot(s, curvature_s))
@@ -119,9 +128,9 @@ class LevenbergMarquardt(Solver):
     ``x_c = P(x + p)``; gain ratio ``rho`` of the projected step. Accept ``x_c`` when
     ``rho > accept`` (and ``J(x_c)`` is finite), then ``lam <- lam * max(1/3, 1 - (2 rho -
     1)^3)``, ``nu <- 2``; otherwise keep ``x``, ``lam <- lam * nu``, ``nu <- 2 nu``
-    (Nielsen 1999; Madsen, Nielsen & Tingleff 2004, eq. 3.16). The first step sets ``lam =
-    damping * (A g . A g) / (g . g)``, the model's curvature along the gradient, so the
-    default is independent of the scale of ``fn``.
+    (Nielsen 1999; Madsen, Nielsen & Tingleff 2004, eq. 3.16). ``init`` sets the first ``lam
+    = damping * (A g . A g) / (g . g)`` at the start, the model's curvature along the gradient
+    (:func:`gradient_curvature`), so the default is independent of the scale of ``fn``.
 
     Stops 'converged' when the projected gradient norm is at most ``gtol`` (off when ``None``)
     and 'stalled' when ``lam`` exceeds ``max_damping`` times its first value (the model
@@ -153,26 +162,22 @@ class LevenbergMarquardt(Solver):
             )
 
     def init(self, objective: Objective, x: Array) -> LMState:
+        """Sets the first ``lam`` from the model at ``x`` (one linearisation, once)."""
         dtype = jnp.result_type(x)
+        lam = self.damping * gradient_curvature(gauss_newton_model(objective, x))
+        lam = jnp.maximum(lam, jnp.finfo(dtype).tiny).astype(dtype)
         return LMState(
             value=inf_like(x),
-            damping=jnp.full((), -1.0, dtype),
-            first_damping=jnp.ones((), dtype),
+            damping=lam,
+            first_damping=lam,
             nu=jnp.full((), 2.0, dtype),
             grad_norm=inf_like(x),
             accepted=jnp.zeros((), bool),
         )
 
-    def _initial_damping(self, model: GaussNewtonModel) -> Array:
-        g = model.grad
-        ag = model.jvp(g)
-        gg = jnp.vdot(g, g)
-        return self.damping * jnp.vdot(ag, ag) / jnp.where(gg > 0, gg, 1.0)
-
     def step(self, objective: Objective, x: Array, state: LMState):
         model = gauss_newton_model(objective, x)
-        lam = jnp.where(state.damping < 0, self._initial_damping(model), state.damping)
-        lam = jnp.maximum(lam, jnp.finfo(jnp.result_type(x)).tiny)
+        lam = jnp.maximum(state.damping, jnp.finfo(jnp.result_type(x)).tiny)
         mask = free_variables(objective, x, -model.grad)
         p = damped_step(model, mask, lam, self.cg_steps)
         x_c = objective.project(x + p)
@@ -185,11 +190,10 @@ class LevenbergMarquardt(Solver):
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
         new_lam = jnp.where(ok, lam * shrink, lam * state.nu)
         new_nu = jnp.where(ok, 2.0, 2.0 * state.nu)
-        first = jnp.where(state.damping < 0, lam, state.first_damping)
         return jnp.where(ok, x_c, x), LMState(
             value=model.value,
             damping=new_lam.astype(lam.dtype),
-            first_damping=first,
+            first_damping=state.first_damping,
             nu=new_nu.astype(lam.dtype),
             grad_norm=projected_gradient_norm(objective, x, model.grad),
             accepted=ok,
