@@ -22,6 +22,13 @@ class AdditiveCoupling(Bijector):
     ``log|det ∂y/∂x| = 0`` both ways. The inverse subtracts what the forward added, computed
     from the same passive entries: exact up to the rounding of one addition.
 
+    ``lipschitz = L`` (optional, :class:`~models.flows.conditioner.ConvNet`) spectrally
+    normalises the conditioner so that ``Lip(NN) ≤ L``; then the coupling and its inverse are
+    both ``(1 + L)``-Lipschitz, so an error ``δ`` in the input of the inverse reaches its output
+    as at most ``(1 + L)·‖δ‖`` (a bi-Lipschitz coupling: the remedy of Behrmann et al. 2021 for
+    inverses that explode after training). Unconstrained (``None``), a trained conditioner's
+    slope multiplies every upstream rounding error in the inverse.
+
     Non-finite input is not checked here: a NaN or inf passive entry spreads through the
     conditioner's three 3×3 convs to the 7×7 neighbourhood of the active entries; an active one
     stays where it is. The log-det is 0 whatever the input.
@@ -34,6 +41,7 @@ class AdditiveCoupling(Bijector):
         parity: int,
         *,
         mask: str = "channel",
+        lipschitz: float | None = None,
         rngs: nnx.Rngs,
     ):
         self.channels = self.out_channels = positive_int("channels", channels)
@@ -46,7 +54,11 @@ class AdditiveCoupling(Bijector):
         else:
             c_in = masks.passive_width(channels)
             c_act = channels - c_in
-        self.net = ConvNet(c_in, hidden, c_act, rngs=rngs)
+        self.net = ConvNet(c_in, hidden, c_act, lipschitz=lipschitz, rngs=rngs)
+
+    def lipschitz_bound(self):
+        """A certified upper bound on the conditioner's Lipschitz constant ``Lip(NN)``."""
+        return self.net.lipschitz_bound()
 
     def _shift(self, x):
         """``(shift, passive, active)``: the added term and the two parts of ``x``."""

@@ -5,17 +5,17 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from models import layers
 from models.flows import masks
 from models.flows.bijector import Bijector, positive_int
-from models.flows.conditioner import Conv
+from models.flows.conditioner import ConvNet
 
 
 class AffineCoupling(Bijector):
     """Affine coupling; the identity at init.
 
-    Checkerboard mask ``m`` (see :mod:`models.flows.masks`) and conditioner ``NN`` (three 3×3
-    convs, ReLU between, the last zero at init):
+    Checkerboard mask ``m`` (see :mod:`models.flows.masks`) and conditioner ``NN``
+    (:class:`~models.flows.conditioner.ConvNet`: three 3×3 convs, ReLU between, the last zero
+    at init):
 
         (s_raw, t) = NN(m⊙x),   s = scale · tanh(s_raw)        (learnable per-channel scale)
         y = m⊙x + (1−m)⊙(x⊙exp(s) + t)
@@ -59,9 +59,7 @@ class AffineCoupling(Bijector):
         else:
             c_in = masks.passive_width(channels)
             c_act = channels - c_in
-        self.conv1 = Conv(c_in, hidden, rngs=rngs)
-        self.conv2 = Conv(hidden, hidden, rngs=rngs)
-        self.out = Conv(hidden, 2 * c_act, zero=True, rngs=rngs)
+        self.net = ConvNet(c_in, hidden, 2 * c_act, rngs=rngs)
         self.scale = nnx.Param(jnp.ones((c_act,), jnp.float32))
 
     def mask(self, height: int, width: int):
@@ -70,9 +68,7 @@ class AffineCoupling(Bijector):
         return masks.checkerboard(height, width, self.parity)
 
     def _shift_and_log_scale(self, passive):
-        h = layers.relu(self.conv1(passive))
-        h = layers.relu(self.conv2(h))
-        s_raw, t = jnp.split(self.out(h), 2, axis=-1)
+        s_raw, t = jnp.split(self.net(passive), 2, axis=-1)
         return self.scale[...] * jnp.tanh(s_raw), t
 
     def _forward_and_log_det(self, x):

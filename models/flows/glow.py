@@ -6,20 +6,34 @@ from __future__ import annotations
 from flax import nnx
 
 from models.flows.actnorm import ActNorm
-from models.flows.affine_coupling import AffineCoupling
 from models.flows.bijector import Bijector, Inverse, positive_int
 from models.flows.chain import Chain
 from models.flows.conv1x1 import Conv1x1
+from models.flows.coupling import check_coupling, make_coupling
 from models.flows.split import SplitChannels
 from models.flows.squeeze import Squeeze
 
+#: What the last coupling of a level conditions on: the channels factored out, or those that
+#: continue to the coarser levels (see :class:`Glow`).
+CONDITION_ON = ("factored", "continuing")
 
-def glow_step(channels: int, hidden: int, parity: int, *, rngs: nnx.Rngs) -> list[Bijector]:
-    """One step of flow: ActNorm → invertible 1×1 conv → channel-mask affine coupling."""
+
+def glow_step(
+    channels: int,
+    hidden: int,
+    parity: int,
+    *,
+    coupling: str = "additive",
+    lipschitz: float | None = None,
+    rngs: nnx.Rngs,
+) -> list[Bijector]:
+    """One step of flow: ActNorm → invertible 1×1 conv → channel-mask coupling."""
     return [
         ActNorm(channels),
         Conv1x1(channels, rngs=rngs),
-        AffineCoupling(channels, hidden, parity, mask="channel", rngs=rngs),
+        make_coupling(
+            coupling, channels, hidden, parity, mask="channel", lipschitz=lipschitz, rngs=rngs
+        ),
     ]
 
 
@@ -37,6 +51,20 @@ class Glow(Chain):
     The log-det is the sum of the steps' (squeezes and splits add 0). Height and width must
     be divisible by ``2**levels``. Not the identity at init (the 1×1 convs start as random
     rotations), but volume-preserving there.
+
+    ``coupling``: ``'additive'`` (the default of the reference implementation, openai/glow's
+    ``--flow_coupling 0``) or ``'affine'`` (the paper's other variant); ``lipschitz`` bounds
+    the additive conditioners (:class:`AdditiveCoupling`).
+
+    Float32 exactness after training (``condition_on``). By default (``'factored'``) the
+    steps' parities run ``…, 1, 0`` so that the last coupling before a factor-out conditions
+    on the channels that leave (parity 0: the first ``2c`` are passive) and transforms those
+    that continue. In the inverse, the coarser levels' rounding error then arrives in that
+    coupling's *active* half, where ``x_a = y_a − NN(y_p)`` passes it on unchanged, instead of
+    in the passive half, where the trained conditioner's slope multiplies it into the other
+    half as well. ``'continuing'`` is the other order (parities ``…, 0, 1``), the arrangement
+    of openai/glow, whose couplings condition on the half that continues. The
+    ``invertible_baselines`` experiment measures both on the segmentation task.
     """
 
     def __init__(
@@ -46,15 +74,29 @@ class Glow(Chain):
         levels: int = 2,
         depth: int = 2,
         *,
+        coupling: str = "additive",
+        lipschitz: float | None = None,
+        condition_on: str = "factored",
         rngs: nnx.Rngs,
     ):
+        check_coupling(coupling, lipschitz)
         positive_int("levels", levels)
         positive_int("depth", depth)
+        if condition_on not in CONDITION_ON:
+            raise ValueError(f"condition_on must be one of {CONDITION_ON}, got {condition_on!r}")
+        last = 0 if condition_on == "factored" else 1  # the last step's parity
 
         def level(c: int, index: int) -> Chain:
             stack: list[Bijector] = [Squeeze(c)]
             for k in range(depth):
-                stack += glow_step(4 * c, hidden, k % 2, rngs=rngs)
+                stack += glow_step(
+                    4 * c,
+                    hidden,
+                    (depth - 1 - k + last) % 2,
+                    coupling=coupling,
+                    lipschitz=lipschitz,
+                    rngs=rngs,
+                )
             if index + 1 < levels:
                 stack.append(SplitChannels(4 * c, 2 * c, level(2 * c, index + 1)))
             stack.append(Inverse(Squeeze(c)))

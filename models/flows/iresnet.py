@@ -13,17 +13,7 @@ from models import layers
 from models.flows.actnorm import ActNorm
 from models.flows.bijector import Bijector, positive_int
 from models.flows.chain import Chain
-from models.flows.conditioner import Conv
-
-
-def conv_lipschitz_bound(kernel):
-    """An upper bound on the 2-norm of the 'SAME' (zero-padded) convolution with ``kernel``
-    (HWIO) as a linear map: ``sqrt(‖A‖₁ ‖A‖∞)`` (Schur / Hölder), where a column of ``A``
-    sums at most ``max_j Σ_{taps, i} |K|`` and a row at most ``max_i Σ_{taps, j} |K|``."""
-    a = jnp.abs(kernel)
-    col = jnp.max(jnp.sum(a, axis=(0, 1, 3)))
-    row = jnp.max(jnp.sum(a, axis=(0, 1, 2)))
-    return jnp.sqrt(jnp.maximum(col * row, 1e-30))  # no infinite gradient at K = 0
+from models.flows.conditioner import Conv, conv_lipschitz_bound, normalized_kernel
 
 
 class IResNetBlock(Bijector):
@@ -77,12 +67,9 @@ class IResNetBlock(Bijector):
 
     def _kernels(self):
         coeff = math.sqrt(self.lipschitz)
-        out = []
-        for conv in (self.conv1, self.conv2):
-            k = conv.kernel[...]
-            b = conv_lipschitz_bound(k)
-            out.append((k * jnp.minimum(1.0, coeff / jnp.maximum(b, 1e-12)), conv.bias[...]))
-        return out
+        return [
+            (normalized_kernel(c.kernel[...], coeff), c.bias[...]) for c in (self.conv1, self.conv2)
+        ]
 
     def lipschitz_bound(self):
         """``L_g = Πᵢ min(√L, b(Kᵢ)) ≤ L``: the certified Lipschitz constant of ``g``."""

@@ -19,8 +19,8 @@ def _perturbed(module):
     """A coupling whose conditioner is not zero (a fresh one is the identity)."""
     for layer in [module] if isinstance(module, AffineCoupling) else module.layers:
         if isinstance(layer, AffineCoupling):
-            shape = layer.out.kernel[...].shape
-            layer.out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), shape)
+            shape = layer.net.out.kernel[...].shape
+            layer.net.out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), shape)
     return module
 
 
