@@ -20,7 +20,7 @@ from models.flows import (
     IRevNet,
     Squeeze,
 )
-from models.losses import dice, iou, segmentation_loss
+from models.losses import dice, inverse_gain, iou, segmentation_loss
 from models.probes import ProbeParams, evaluate_probe, probe_predict, train_probe
 from models.pure import activations, count_parameters, feature_fn, layer_names, split
 from models.seed import SEED_UNET_CONFIG, SEED_UNET_PARAMETERS, seed_unet
@@ -60,6 +60,7 @@ __all__ = [
     "evaluate",
     "evaluate_probe",
     "feature_fn",
+    "inverse_gain",
     "iou",
     "layer_names",
     "layers",

@@ -11,7 +11,9 @@ the batch of per-image values, so that a loss does not depend on how a data set 
   prediction on an empty mask costs 0);
 * hard Dice ``2 |P ∩ T| / (|P| + |T|)`` and IoU ``|P ∩ T| / |P ∪ T|`` for the binary prediction
   ``P = [σ(z) > 0.5] = [z > 0]``; an image with both ``P`` and ``T`` empty scores 1 (perfect);
-* mean squared error ``mean((y − t)²)``.
+* mean squared error ``mean((y − t)²)``;
+* for invertible networks, the relative gain of the inverse along a random direction
+  (:func:`inverse_gain`), which :class:`models.TrainConfig`'s ``inverse_penalty`` keeps small.
 
 These live in ``models/`` (not ``inversion.metrics``) because ``models`` never depends on
 ``inversion``. `evaluate` averages them over a data set with one compiled function per model
@@ -35,6 +37,7 @@ __all__ = [
     "check_model_io",
     "dice",
     "evaluate",
+    "inverse_gain",
     "iou",
     "mse",
     "objective",
@@ -169,6 +172,28 @@ def check_model_io(graphdef, params, rest, x, y, name: str = "data") -> None:
             f"the model maps {name} inputs of per-example shape {x.shape[1:]} to outputs of shape "
             f"{tuple(out.shape[1:])}, but the {name} targets have shape {y.shape[1:]}"
         )
+
+
+def inverse_gain(inverse: Callable, x: Array, y: Array, v: Array) -> Float[Array, " b"]:
+    """Per example, the relative gain of ``inverse`` at ``y = f(x)`` along the direction ``v``:
+
+        r = ‖J_{f⁻¹}(y) v‖ · ‖y‖ / (‖v‖ · ‖x‖)          (one Jacobian-vector product).
+
+    For ``v ~ N(0, I)``, ``E[r²] = (‖y‖/‖x‖)² · ‖J_{f⁻¹}‖_F² / d = mean_i (κ_i²)`` with
+    ``κ_i = ‖y‖ / (σ_i(J_f) ‖x‖)``: the mean square of the relative gains of the inverse, which
+    the smallest singular values of the forward Jacobian dominate. ``max_i κ_i`` is the relative
+    condition number of the inverse: a float32 ``y`` (relative error ≤ u = 2^-24) moves the
+    inverse by up to ``κ·u``. The point ``y`` and the ratio ``‖y‖/‖x‖`` enter as constants
+    (no gradient), so the gradient acts through the inverse's Jacobian only."""
+    y = jax.lax.stop_gradient(y)
+    _, jv = jax.jvp(inverse, (y,), (v,))
+    axes = tuple(range(1, y.ndim))
+
+    def norm(a):
+        return jnp.sqrt(jnp.sum(jnp.square(a), axis=axes))
+
+    scale = jax.lax.stop_gradient(norm(y) / norm(x))
+    return norm(jv) * scale / norm(v)
 
 
 def objective(task: str, dice_weight: float) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -124,6 +124,10 @@ PINNED = {
             decoder_n_train=128,
             train_profile="quick",
             networks=("Glow", "IRevNet", "IResNet", "InvertibleUNet", "Flow"),
+            ablations=(),
+            init_key=0,
+            certify_scenes=1,
+            inverse_penalty=1.0,
         ),
         "default": dict(
             targets=16,
@@ -137,6 +141,15 @@ PINNED = {
             decoder_n_train=2000,
             train_profile="default",
             networks=("Glow", "IRevNet", "IResNet", "InvertibleUNet", "Flow"),
+            ablations=(
+                "Glow[no penalty]",
+                "Glow[continuing, no penalty]",
+                "Glow[affine, no penalty]",
+                "InvertibleUNet[affine, no penalty]",
+            ),
+            init_key=0,
+            certify_scenes=4,
+            inverse_penalty=1.0,
         ),
     },
     "visualisation": {

@@ -29,6 +29,11 @@ def test_invertible_baselines_quick(tmp_path):
         assert math.isfinite(row["memory_vs_unet"]) and row["memory_vs_unet"] > 0
     for name in networks:  # exact by construction even after 20 training steps
         assert saved[name]["round_trip_max"] < ib.EXACT and 0 <= saved[name]["dice"] <= 1
+        # the float64 conditioning: kappa >= ~1 for these maps, and its float32 floor is kappa u
+        kappa = saved[name]["inverse_condition"]
+        assert math.isfinite(kappa) and kappa > 0.1
+        assert math.isclose(saved[name]["float32_floor"], kappa * 2.0**-24)
+    assert saved["IRevNet"]["inverse_penalty"] == 1.0 and saved["IResNet"]["inverse_penalty"] == 0
     assert saved["UNet"]["round_trip_median"] > 1e-2  # the engine approximates
     assert saved["Decoder"]["dice"] is None
     assert saved["inexact"] == []
@@ -51,11 +56,13 @@ def test_the_diagnostic_flags_an_inexact_inverse(capsys):
 
     from experiments import invertible_baselines as ib
 
-    rows = {n: {"round_trip_max": 1e-6} for n in ib.INVERTIBLE}
+    rows = {n: {"round_trip_max": 1e-6} for n in (*ib.INVERTIBLE, *ib.ABLATIONS)}
     rows["UNet"] = {"round_trip_max": 0.5}  # not invertible: not flagged
     assert ib.flag_inexact(rows) == []
     rows["Glow"]["round_trip_max"] = 2e-4
     rows["IResNet"]["round_trip_max"] = float("nan")
-    with pytest.warns(RuntimeWarning, match=r"\['Glow', 'IResNet'\] is not exact to 0.0001"):
-        assert ib.flag_inexact(rows) == ["Glow", "IResNet"]
+    rows["Glow[affine, no penalty]"]["round_trip_max"] = 3e-4  # ablations are checked too
+    flagged = ["Glow", "IResNet", "Glow[affine, no penalty]"]
+    with pytest.warns(RuntimeWarning, match=r"'IResNet', 'Glow\[affine, no penalty\]'\] is not"):
+        assert ib.flag_inexact(rows) == flagged
     assert "not exact" in capsys.readouterr().err

@@ -31,6 +31,7 @@ BIJECTORS = {
         lambda r: F.AdditiveCoupling(1, 4, 1, mask="checkerboard", rngs=r),
         1,
     ),
+    "additive_lipschitz": (lambda r: F.AdditiveCoupling(2, 4, 1, lipschitz=0.5, rngs=r), 2),
     "actnorm": (lambda r: F.ActNorm(2), 2),
     "conv1x1": (lambda r: F.Conv1x1(3, rngs=r), 3),
     "squeeze": (lambda r: F.Squeeze(1), 1),
@@ -55,6 +56,11 @@ NETWORKS = {
         1, hidden=4, blocks=2, lipschitz=0.5, iterations=40, log_det_terms=40, rngs=r
     ),
     "InvertibleUNet": lambda r: F.InvertibleUNet(1, hidden=4, levels=2, depth=1, rngs=r),
+    # the affine-coupling variants (the defaults are additive)
+    "Glow_affine": lambda r: F.Glow(1, hidden=4, levels=2, depth=1, coupling="affine", rngs=r),
+    "InvertibleUNet_affine": lambda r: F.InvertibleUNet(
+        1, hidden=4, levels=2, depth=1, coupling="affine", rngs=r
+    ),
 }
 ALL = {**{k: v for k, (v, _) in BIJECTORS.items()}, **NETWORKS}
 CHANNELS = {**{k: c for k, (_, c) in BIJECTORS.items()}, **dict.fromkeys(NETWORKS, 1)}
@@ -144,6 +150,7 @@ def test_log_det_matches_dense_jacobian_and_inverse_is_its_negative(name):
         "IRevNet",
         "IResNet",
         "InvertibleUNet",
+        "InvertibleUNet_affine",
     ],
 )
 def test_identity_at_init(name):
@@ -153,7 +160,8 @@ def test_identity_at_init(name):
     module = ALL[name](nnx.Rngs(0))
     x = x_for(name, size=8)
     y, logdet = module.forward_and_log_det(x)
-    atol = 4 * EPS32 * float(jnp.max(jnp.abs(x))) if name in ("IRevNet", "InvertibleUNet") else 0
+    haar = name.startswith(("IRevNet", "InvertibleUNet"))
+    atol = 4 * EPS32 * float(jnp.max(jnp.abs(x))) if haar else 0
     np.testing.assert_allclose(y, x, rtol=0, atol=atol)
     np.testing.assert_array_equal(logdet, jnp.zeros(2))
 
@@ -215,6 +223,50 @@ def test_iresnet_lipschitz_and_a_priori_bound():
         err = float(jnp.linalg.norm(block.fixed_point(y, k) - x))
         bound = float(block.inverse_error_bound(y, k)[0])
         assert err <= bound + 4 * EPS32 * 2 * norm_y / (1 - lip), (k, err, bound)
+
+
+def test_lipschitz_additive_coupling_is_bi_lipschitz():
+    """With ``lipschitz = L`` the certified bound of the conditioner is <= L and above its
+    Jacobian's spectral norm at random points, so the coupling and its inverse (Jacobians
+    [[I, 0], [J_NN, I]] and [[I, 0], [-J_NN, I]]) stretch by at most 1 + L. The parameters
+    are moved far enough (std 0.5) that the normalisation is active, not a no-op."""
+    coupling = make("additive_lipschitz", seed=21, std=0.5)
+    raw = F.AdditiveCoupling(2, 4, 1, rngs=nnx.Rngs(0))
+    assert float(F.conditioner.conv_lipschitz_bound(coupling.net.conv2.kernel[...])) > 0.5 ** (
+        1 / 3
+    )  # the raw kernel breaks the per-conv bound: the normalisation acts
+    lip = float(coupling.lipschitz_bound())
+    assert 0 < lip <= 0.5 * (1 + 1e-6)
+    assert float(raw.lipschitz_bound()) < 1e-12  # unconstrained, zero last conv: NN = 0
+    for seed in range(2):
+        point = x_for("additive_lipschitz", size=4, batch=1, seed=30 + seed)[0]
+        passive = point[..., 1:]  # parity 1: the last channel is passive
+        jac_nn = jacobian(lambda v: coupling.net(v[None])[0], passive)
+        assert float(np.linalg.norm(np.asarray(jac_nn, np.float64), 2)) <= lip * (1 + 1e-5)
+        for fn in (coupling.forward, coupling.inverse):
+            jac = np.asarray(jacobian(fn, point), np.float64)
+            assert float(np.linalg.norm(jac, 2)) <= (1 + lip) * (1 + 1e-5)
+
+
+def test_glow_last_coupling_before_a_factor_out_conditions_on_the_factored_channels():
+    """Parity 0 passes the first 2c channels (the ones SplitChannels keeps aside) unchanged;
+    ``condition_on='continuing'`` flips every parity; the coupling kind follows ``coupling``."""
+
+    def last_couplings(glow):
+        level = glow.layers[0]
+        kinds = [layer for layer in level.layers if hasattr(layer, "parity")]
+        return kinds
+
+    for condition_on, last in (("factored", 0), ("continuing", 1)):
+        for depth in (1, 2, 3):
+            glow = F.Glow(1, hidden=4, depth=depth, condition_on=condition_on, rngs=nnx.Rngs(0))
+            couplings = last_couplings(glow)
+            assert len(couplings) == depth and couplings[-1].parity == last
+            assert all(isinstance(c, F.AdditiveCoupling) for c in couplings)
+    affine = F.Glow(1, hidden=4, coupling="affine", rngs=nnx.Rngs(0))
+    assert all(isinstance(c, F.AffineCoupling) for c in last_couplings(affine))
+    unet = F.InvertibleUNet(1, hidden=4, depth=2, rngs=nnx.Rngs(0))
+    assert [c.parity for c in unet.layers[:2]] == [1, 0]
 
 
 def test_chain_equals_manual_composition():
@@ -387,3 +439,11 @@ def test_bad_constructor_arguments():
         F.Conv1x1(2, init="random", rngs=r)
     with pytest.raises(ValueError, match="remaining channels"):
         F.SplitChannels(4, 2, F.ActNorm(3))
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        F.Glow(coupling="multiplicative", rngs=r)
+    with pytest.raises(ValueError, match="needs coupling='additive'"):
+        F.InvertibleUNet(coupling="affine", lipschitz=0.5, rngs=r)
+    with pytest.raises(ValueError, match="condition_on must be one of"):
+        F.Glow(condition_on="passive", rngs=r)
+    with pytest.raises(ValueError, match="lipschitz must be a positive number"):
+        F.AdditiveCoupling(2, 4, 0, lipschitz=-1.0, rngs=r)
