@@ -1,13 +1,19 @@
 """Invertible flows, one bijector a file (see :mod:`models.flows.bijector` for the convention).
 
 Bijectors: :class:`Bijector` (base), :class:`Inverse`, :class:`Chain`, :class:`AffineCoupling`
-(checkerboard and channel masks), :class:`AdditiveCoupling`, :class:`ActNorm` (data-dependent
+(checkerboard and channel masks), :class:`AdditiveCoupling` (optionally with a certified
+Lipschitz bound on its conditioner), :class:`ActNorm` (data-dependent
 init), :class:`Conv1x1` (LU), :class:`Squeeze`, :class:`HaarDownsampling`,
 :class:`SplitChannels` (factor-out / skip) and :class:`IResNetBlock` (fixed-point inverse).
 
 Networks built from them, each mapping an image to an image of the same shape:
 :class:`Flow` (RealNVP), :class:`Glow`, :class:`IRevNet`, :class:`IResNet` and
-:class:`InvertibleUNet`.
+:class:`InvertibleUNet` (``Glow`` and ``InvertibleUNet`` take ``coupling='additive'``, their
+default, or ``'affine'``).
+
+A trained network's float32 inverse is only as exact as its conditioning allows: train with
+``models.TrainConfig(inverse_penalty=...)`` to keep it well conditioned (see the
+``invertible_baselines`` experiment).
 """
 
 from models.flows.actnorm import ActNorm

@@ -46,14 +46,9 @@ class AdditiveCoupling(Bijector):
     ):
         self.channels = self.out_channels = positive_int("channels", channels)
         positive_int("hidden", hidden)
-        masks.check_mask(mask, channels, parity)
+        c_in, c_act = masks.widths(mask, channels, parity)
         self.parity = parity
         self.mask_kind = mask
-        if mask == "checkerboard":
-            c_in, c_act = channels, channels
-        else:
-            c_in = masks.passive_width(channels)
-            c_act = channels - c_in
         self.net = ConvNet(c_in, hidden, c_act, lipschitz=lipschitz, rngs=rngs)
 
     def lipschitz_bound(self):

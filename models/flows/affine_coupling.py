@@ -51,14 +51,9 @@ class AffineCoupling(Bijector):
     ):
         self.channels = self.out_channels = positive_int("channels", channels)
         positive_int("hidden", hidden)
-        masks.check_mask(mask, channels, parity)
+        c_in, c_act = masks.widths(mask, channels, parity)
         self.parity = parity
         self.mask_kind = mask
-        if mask == "checkerboard":
-            c_in, c_act = channels, channels
-        else:
-            c_in = masks.passive_width(channels)
-            c_act = channels - c_in
         self.net = ConvNet(c_in, hidden, 2 * c_act, rngs=rngs)
         self.scale = nnx.Param(jnp.ones((c_act,), jnp.float32))
 

@@ -23,6 +23,16 @@ def check_mask(mask: str, channels: int, parity: int) -> None:
         raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
 
 
+def widths(mask: str, channels: int, parity: int) -> tuple[int, int]:
+    """``(c_in, c_act)`` after :func:`check_mask`: the conditioner's input channels and the
+    transformed channels (all ``channels`` both for a checkerboard, whose mask is spatial)."""
+    check_mask(mask, channels, parity)
+    if mask == "checkerboard":
+        return channels, channels
+    c_in = passive_width(channels)
+    return c_in, channels - c_in
+
+
 def checkerboard(height: int, width: int, parity: int, dtype=jnp.float32):
     """``(h, w, 1)``: 1 where entries pass through unchanged."""
     i = jnp.arange(height)[:, None]
