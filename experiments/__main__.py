@@ -93,7 +93,8 @@ def write_report(
     provenance: dict | None = None,
 ) -> pathlib.Path:
     """Write ``out/report.md`` from each experiment's outcome (metrics or error, and the
-    ``config`` record it ran with). The header gives the profile, the git commit and the
+    ``config`` record it ran with), with each experiment's own Markdown tables (``*.md`` in its
+    folder) verbatim, its figures and its scalar metrics. The header gives the profile, the git commit and the
     machine (``provenance``: :func:`experiments.config.provenance`, collected if None)."""
     provenance = provenance or collect_provenance()
     versions = provenance.get("versions", {})
@@ -125,6 +126,8 @@ def write_report(
             lines += ["**Failed:**", "", "```", outcome["error"].rstrip(), "```"]
             continue
         folder = out / name
+        for table in sorted(folder.glob("*.md")):  # an experiment's own tables, verbatim
+            lines += [table.read_text().rstrip(), ""]
         for png in sorted(folder.glob("*.png")):
             lines.append(f"![{png.stem}]({name}/{png.name})")
         scalars = {

@@ -511,7 +511,7 @@ def _table(rows: dict) -> str:
     ]
     for name, r in rows.items():
         dice = "—" if r["dice"] is None else f"{r['dice']:.4f}"
-        kappa = f"{r['inverse_condition']:.3g}" if "inverse_condition" in r else "—"
+        kappa = _kappa_text(r["inverse_condition"]) if "inverse_condition" in r else "—"
         floor = f"{r['float32_floor']:.1e}" if "float32_floor" in r else "—"
         lines.append(
             f"| {name} | {r['params']:,} | {dice} | {r['round_trip_median']:.2e} | "
@@ -519,6 +519,11 @@ def _table(rows: dict) -> str:
             f"{r['train_step_bytes'] / 2**20:.1f} | {r['memory_vs_unet']:.2f}× |"
         )
     return "\n".join(lines)
+
+
+def _kappa_text(kappa: float) -> str:
+    """κ for the table: whole numbers with thousands separators from 10 up, else 2 digits."""
+    return f"{kappa:,.0f}" if kappa >= 10 else f"{kappa:.2g}"
 
 
 def _plot_iterations(folder, iterations: list[dict]):

@@ -13,6 +13,7 @@ from experiments import __main__ as reproduce_cli
 def test_report_lists_references_figures_and_failures(tmp_path):
     (tmp_path / "good").mkdir()
     (tmp_path / "good" / "figure.png").write_bytes(b"png")
+    (tmp_path / "good" / "table.md").write_text("| model | dice |\n| --- | --- |\n| A | 0.9 |\n")
     outcomes = {
         "good": {
             "seconds": 1.5,
@@ -40,6 +41,7 @@ def test_report_lists_references_figures_and_failures(tmp_path):
     assert "| good | x0 | ≈ 312 | 310.6 | yes |" in text
     assert "| good | gap | < 1 | 3 | **no** |" in text
     assert "![figure](good/figure.png)" in text
+    assert "| model | dice |\n| --- | --- |\n| A | 0.9 |\n" in text  # the experiment's table
     assert "ValueError: boom" in text and "**Failed:**" in text
 
 
