@@ -89,10 +89,14 @@ def _check_size(out_size) -> tuple[int, int]:
 
 
 def _logits(params: ProbeParams, features: Array, out_size: tuple[int, int]) -> Array:
-    z = ((features - params.mean) / params.scale) @ params.w + params.b  # (N, h, w)
-    z = z[..., None]
-    n, h, w, _ = z.shape
-    if (h, w) == tuple(out_size):
+    standardized = (features - params.mean) / params.scale
+    return _standardized_logits(params.w, params.b, standardized, out_size)
+
+
+def _standardized_logits(w, b, standardized: Array, out_size: tuple[int, int]) -> Array:
+    z = (standardized @ w + b)[..., None]  # (N, h, w, 1)
+    n, height, width, _ = z.shape
+    if (height, width) == tuple(out_size):
         return z
     return jax.image.resize(z, (n, *out_size, 1), method="bilinear")
 
@@ -113,10 +117,11 @@ def probe_predict(
 def _fit(features, masks, mean, scale, *, steps, learning_rate, dice_weight, out_size):
     params = ProbeParams(jnp.zeros(features.shape[-1]), jnp.zeros(()), mean, scale)
     opt = optax.adam(learning_rate)
+    standardized = (features - mean) / scale  # once, outside the loop
 
     def loss(trainable):
         w, b = trainable
-        z = _logits(ProbeParams(w, b, mean, scale), features, out_size)
+        z = _standardized_logits(w, b, standardized, out_size)
         return segmentation_loss(z, masks, dice_weight=dice_weight)
 
     def step(carry, _):

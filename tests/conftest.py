@@ -1,10 +1,27 @@
-"""Suite-wide set-up: one XLA:CPU device per core, as every experiment and benchmark asks for.
+"""Suite-wide set-up.
 
-``inversion`` never changes JAX's configuration on import; the engine's multi-device CPU path
-(sharded batches, tests/inversion/test_sharding.py) needs the explicit call, made here before
-any test runs a JAX computation.
+* One XLA:CPU device per core, as every experiment and benchmark asks for. ``inversion`` never
+  changes JAX's configuration on import; the engine's multi-device CPU path (sharded batches,
+  tests/inversion/test_sharding.py) needs the explicit call, made here before any test runs a
+  JAX computation.
+* XLA compiles with most optimisations off (JAX's own ``jax_disable_most_optimizations``: LLVM
+  at -O0, no expensive passes), for this process and, through the environment, for the
+  processes the tests start. The suite's small programs are compiled far more often than they
+  run, so compilation is most of its time: on a 2-core AMD EPYC VM the whole suite took 750 s
+  optimised and 629 s with this (tests/models/test_layers.py alone, on one core: 72 s and 26 s).
+  The HLO, and so every result a test checks, is the one users run; only the machine code of
+  the kernels differs. ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test`` runs the suite optimised.
 """
 
-from inversion import cpu_devices
+import os
 
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402
+
+from inversion import cpu_devices  # noqa: E402
+
+jax.config.update(
+    "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+)
 cpu_devices.configure()

@@ -1,7 +1,7 @@
 """Smoke run of layer_probes (quick sizes) and the probe on the seed U-Net's own logits.
 
-The quick U-Nets come from the per-process model cache (``conftest.py``), shared with the other
-experiment tests of the process.
+The quick U-Nets come from the run's model cache (``conftest.py``), shared with the other
+experiment tests of the run.
 """
 
 import json

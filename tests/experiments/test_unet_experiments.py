@@ -1,8 +1,9 @@
 """Smoke runs of unet_inversion and preimage_spread (quick sizes): files and invariants.
 
 The experiments train (or restore) U-Nets through the model cache, one temporary folder per
-test process (``conftest.py``), so the quick U-Nets are trained once per process and shared by
-the tests here; set ``INVERSION_CACHE`` yourself to reuse a cache across sessions.
+test run shared by the xdist workers (``conftest.py``), so the quick U-Nets are trained once per
+run and shared by all experiment tests; set ``INVERSION_CACHE`` yourself to reuse a cache
+across sessions.
 """
 
 import json
