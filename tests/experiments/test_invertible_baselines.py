@@ -66,3 +66,24 @@ def test_the_diagnostic_flags_an_inexact_inverse(capsys):
     with pytest.warns(RuntimeWarning, match=r"'IResNet', 'Glow\[affine, no penalty\]'\] is not"):
         assert ib.flag_inexact(rows) == flagged
     assert "not exact" in capsys.readouterr().err
+
+
+def test_the_table_marks_an_inexact_row():
+    """The report's table names a flagged model in its round-trip column, not only stderr."""
+    from experiments import invertible_baselines as ib
+
+    row = {
+        "params": 10,
+        "dice": 0.97,
+        "round_trip_median": 1e-6,
+        "round_trip_max": 2e-6,
+        "inverse_seconds": 0.01,
+        "train_step_bytes": 2**20,
+        "memory_vs_unet": 0.5,
+        "inverse_condition": 40.0,
+        "float32_floor": 40.0 * 2.0**-24,
+    }
+    rows = {"Glow": row, "Glow[affine, no penalty]": {**row, "round_trip_max": 2e-4}}
+    lines = ib._table(rows, ["Glow[affine, no penalty]"]).splitlines()
+    assert "2.00e-04 **(inexact)**" in lines[-1] and "inexact" not in lines[-2]
+    assert "| 40 | 2.4e-06 |" in lines[-2]
