@@ -2,8 +2,8 @@
 and RealNVP beside the seed U-Net (inverted by the engine) and its learned inverse (decoder).
 
 Command:   python -m experiments.invertible_baselines [--out results] [--quick | --full] [--set k=v]
-Runtime:   default 396 s before the ablations and κ scenes were cut to the present default
-           (measured in ``make reproduce`` from a fresh clone on a 2-core AMD EPYC VM; 220 s
+Runtime:   default 295 s (``make reproduce`` from a fresh clone on a 2-core AMD EPYC VM;
+           396 s there before the ablations and κ scenes were cut to the present default, 220 s
            on an earlier 2-core Intel VM), 92 s with every model in the cache; quick (IRevNet
            and IResNet only) in the test suite; --full not measured. In ``reproduce`` the seed
            U-Net and the decoder come from the model cache.
