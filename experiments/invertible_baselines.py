@@ -519,7 +519,7 @@ def _row(kind, model, dice, errors, seconds, step_bytes, unet_bytes) -> dict:
     }
 
 
-def _table(rows: dict, inexact: list[str] = ()) -> str:
+def _table(rows: dict, inexact: tuple[str, ...] | list[str] = ()) -> str:
     """The markdown table of ``rows``; the round trip of every ``inexact`` row is marked."""
     lines = [
         "| model | params | dice | round trip median | round trip max | κ (inverse) | κ·u | "

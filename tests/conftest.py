@@ -21,7 +21,8 @@ import jax  # noqa: E402
 
 from inversion import cpu_devices  # noqa: E402
 
-jax.config.update(
-    "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
-)
+# in case a plugin imported JAX before the environment was set; JAX's truthy spellings
+TRUE = ("1", "true", "t", "yes", "y", "on")
+disable = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].strip().lower() in TRUE
+jax.config.update("jax_disable_most_optimizations", disable)
 cpu_devices.configure()
