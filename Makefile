@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 $(STAMP): pyproject.toml uv.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --locked --extra dev --python $(PY)
+	$(UV) sync --locked --extra dev --extra torch --extra onnx --python $(PY)
 	touch $(STAMP)
 
 reproduce: $(STAMP)
