@@ -20,6 +20,13 @@ from models.flows import (
     IRevNet,
     Squeeze,
 )
+from models.imported import (
+    Conformance,
+    ImportedModel,
+    conformance,
+    from_onnx,
+    from_torch,
+)
 from models.losses import dice, inverse_gain, iou, segmentation_loss
 from models.probes import ProbeParams, evaluate_probe, probe_predict, train_probe
 from models.pure import activations, count_parameters, feature_fn, layer_names, split
@@ -36,6 +43,7 @@ __all__ = [
     "AffineCoupling",
     "Bijector",
     "Chain",
+    "Conformance",
     "Conv1x1",
     "CheckpointError",
     "Decoder",
@@ -43,6 +51,7 @@ __all__ = [
     "Glow",
     "HaarDownsampling",
     "IResNet",
+    "ImportedModel",
     "IResNetBlock",
     "IRevNet",
     "InvertibleUNet",
@@ -54,12 +63,15 @@ __all__ = [
     "UNet",
     "activations",
     "cached_train",
+    "conformance",
     "count_parameters",
     "data",
     "dice",
     "evaluate",
     "evaluate_probe",
     "feature_fn",
+    "from_onnx",
+    "from_torch",
     "inverse_gain",
     "iou",
     "layer_names",

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
+from models.imported.model import ImportedModel
+
 
 def _check_module(model) -> None:
     if not isinstance(model, nnx.Module) or not callable(model):
@@ -38,7 +40,11 @@ def split(model) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State
 
 
 def layer_names(model) -> list[str]:
-    """The stable names of the model's intermediates, in forward order (the last is ``out``)."""
+    """The stable names of the model's intermediates, in forward order (the last is ``out``).
+
+    For an imported network: torch module paths, or ONNX value names."""
+    if isinstance(model, ImportedModel):
+        return model.layer_names()
     _check_model(model)
     return model.layer_names()
 
@@ -51,6 +57,8 @@ def feature_fn(model, name: str) -> tuple[Callable[[nnx.State, jax.Array], jax.A
     names = layer_names(model)
     if name not in names:
         raise ValueError(f"unknown layer {name!r}; this model's layers are {names}")
+    if isinstance(model, ImportedModel):
+        return (lambda params, x: model.features(params, x, (name,))[name]), model.params
     graphdef, params = nnx.split(model)
 
     def fn(params, x):
@@ -66,6 +74,8 @@ def activations(model, x) -> dict[str, jax.Array]:
     last is ``out``); each entry equals ``feature_fn(model, name)[0](params, x)``.
     """
     names = layer_names(model)
+    if isinstance(model, ImportedModel):
+        return model.features(model.params, x)
     acts = model.features(x)
     if list(acts) != names:
         raise RuntimeError(
