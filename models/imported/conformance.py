@@ -16,6 +16,7 @@ the ONNX reference evaluator for a file) on the same ``x`` and reports
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Protocol
 
 import jax
@@ -115,15 +116,13 @@ def conformance(
     for dtype in dtypes:
         with jax.enable_x64(dtype == "float64"):
             xd = jnp.asarray(x, dtype)
-            y, pullback = jax.vjp(lambda z: model.apply(model.params, z), xd)
-            y = np.asarray(y)
+            cot = rng.standard_normal(jax.eval_shape(model.apply, model.params, xd).shape)
+            cot = cot.astype(dtype)
+            y, grad = (np.asarray(a) for a in _value_and_vjp(model.apply, model.params, xd, cot))
             native_x = np.asarray(to_native(xd, model.layout))
             y_ref = np.asarray(from_native(model.reference.forward(native_x), model.layout))
             if y_ref.shape != y.shape:
                 raise RuntimeError(f"reference output shape {y_ref.shape} != JAX {y.shape}")
-            cot = rng.standard_normal(y.shape).astype(dtype)
-            (grad,) = pullback(jnp.asarray(cot))
-            grad = np.asarray(grad)
             native_cot = np.asarray(to_native(jnp.asarray(cot), model.layout))
             grad_ref = model.reference.vjp(native_x, native_cot)
             if grad_ref is not None:
@@ -141,6 +140,12 @@ def conformance(
             )
         )
     return Conformance(rows, reference=model.reference.name, shape=x.shape)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_vjp(apply, params, x, cotangent):
+    y, pullback = jax.vjp(lambda z: apply(params, z), x)
+    return y, pullback(cotangent)[0]
 
 
 def _directional(model, x, grad, cot, rng, directions, dtype):
