@@ -1,6 +1,7 @@
 """A ``torch.nn.Module`` as a pure JAX model, through torchax.
 
-:func:`from_torch` turns a module in eval mode into an :class:`~models.imported.model.ImportedModel`:
+:func:`from_torch` turns a module in eval mode into an
+:class:`~models.imported.model.ImportedModel`:
 
 * **Weights.** ``params`` is the module's state as torchax extracts it
   (``torchax.interop.JittableModule``: parameters, buffers such as batch-norm running
@@ -9,8 +10,12 @@
 * **Forward.** ``forward(params, x, names)`` runs the module's own ``forward`` on torchax
   tensors that wrap the (traced) JAX arrays, so every torch op becomes the JAX op torchax maps
   it to and the result is an ordinary JAX function: ``jit``, ``vmap``, ``grad``, ``jvp`` and
-  ``linearize`` apply. A float64 input runs in float64 end to end (the weights are cast by
-  :class:`ImportedModel`; torchax keeps the dtype of its operands, which the import checks).
+  ``linearize`` apply. It is jit-compiled once per set of requested names (and input shape
+  and dtype), so eager calls do not re-run torch. A float64 input runs in float64 end to end:
+  :class:`ImportedModel` casts the weights, torchax keeps its operands' dtype, and a float64
+  call whose requested activations come out in a lower precision (an explicit ``.float()``
+  in the module) raises ``RuntimeError``. Float32 convolutions and matmuls run at JAX's
+  default precision for the backend.
 * **Names.** The intermediates are torch module paths (``named_modules``, e.g.
   ``encoder.0.conv``) of the submodules whose output is one tensor, in the order their outputs
   are produced, found by one probe run of the module on ``example_input``. A module called
@@ -25,12 +30,12 @@
 Limits (what torchax cannot turn into a JAX function, or what this import does not do):
 
 * Python control flow on tensor *values* (``if x.sum() > 0``, ``.item()``, ``.tolist()``,
-  ``.numpy()``, data-dependent shapes) needs concrete values: it fails under ``jax.jit``,
-  ``vmap`` and the differentiation transforms (a JAX concretization or tracer error). Control
-  flow on shapes and Python attributes is fine (it is fixed in the trace).
-* An aten op torchax has no lowering for raises when the forward runs (torchax's
-  ``OperatorNotFound`` or ``NotImplementedError``); the probe run is torch's own, so such a
-  module imports but fails on the first call.
+  ``.numpy()``, data-dependent shapes) needs concrete values, and the forward is always traced
+  (it is jit-compiled even for an eager call): such a module imports (the probe run is torch's
+  own) and then fails on its first call with JAX's ``ConcretizationTypeError``. Control flow on
+  shapes and Python attributes is fine (it is fixed in the trace).
+* An op torchax has no lowering for raises torchax's ``OperatorNotFound`` on the first call
+  (the probe run is torch's own, so such a module imports).
 * Training mode is refused (batch norm would use batch statistics and update its running
   buffers, dropout is random): call ``module.eval()`` first. Buffer updates made inside
   ``forward`` are never written back.
@@ -195,7 +200,7 @@ class TorchReference:
         return grad.cpu().numpy()
 
 
-def _make_forward(module: torch.nn.Module, jm: JittableModule, env, paths: Mapping[str, object]):
+def _make_forward(jm: JittableModule, env, paths: Mapping[str, torch.nn.Module]):
     param_keys, buffer_keys = tuple(jm.params), tuple(jm.buffers)
 
     def forward(params, x, names):
@@ -235,18 +240,17 @@ def _make_forward(module: torch.nn.Module, jm: JittableModule, env, paths: Mappi
         finally:
             for handle in handles:
                 handle.remove()
-        for name, y in captured.items():
-            if (
-                jnp.issubdtype(y.dtype, jnp.floating)
-                and jnp.finfo(y.dtype).bits < jnp.finfo(x.dtype).bits
-            ):
-                raise RuntimeError(
-                    f"torchax computed {name!r} in {y.dtype} from a {x.dtype} input; the "
-                    "module (or torchax's lowering of one of its ops) lowers the precision"
-                )
+        if x.dtype == jnp.float64:  # the float64 promise: no silent float32 step
+            for name, y in captured.items():
+                if jnp.issubdtype(y.dtype, jnp.floating) and y.dtype != jnp.float64:
+                    raise RuntimeError(
+                        f"{name!r} came out {y.dtype} for a float64 input: the module (an "
+                        "explicit cast in its forward, or torchax's lowering of one of its ops) "
+                        "does not run in float64 end to end"
+                    )
         return {name: captured[name] for name in names}
 
-    return forward
+    return jax.jit(forward, static_argnums=2)
 
 
 def from_torch(module, example_input, *, layout: str = "NHWC") -> ImportedModel:
@@ -256,12 +260,14 @@ def from_torch(module, example_input, *, layout: str = "NHWC") -> ImportedModel:
     by torch to find the intermediates' names and order; it fixes the input shape apart from
     the batch axis.
 
-    Example::
-
-        net = torchvision.models.resnet18().eval()
-        model = models.from_torch(net, np.zeros((1, 64, 64, 3), np.float32))
-        y = model(x)                                   # (b, 1000) logits, x NHWC
-        f, params = models.feature_fn(model, "layer2.0.conv1")
+    >>> import numpy as np, torch
+    >>> import models
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    >>> model = models.from_torch(net, np.zeros((1, 8, 8, 3), np.float32))
+    >>> models.layer_names(model)
+    ['0', '1', 'out']
+    >>> model(np.ones((2, 8, 8, 3), np.float32)).shape
+    (2, 6, 6, 4)
     """
     _check_module(module)
     layout = check_layout(layout)
@@ -281,7 +287,7 @@ def from_torch(module, example_input, *, layout: str = "NHWC") -> ImportedModel:
     paths = dict(module.named_modules())
     return ImportedModel(
         params=params,
-        forward=_make_forward(module, jm, env, paths),
+        forward=_make_forward(jm, env, paths),
         names=names,
         layout=layout,
         source="torch",

@@ -5,6 +5,8 @@ U-Net (conv, batch norm, ReLU, max pooling, transposed conv, bilinear upsampling
 concatenation), a ResNet block, and a classifier (flatten + linear).
 """
 
+import doctest
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ F = torch.nn.functional
 
 import models  # noqa: E402
 from inversion.analysis import certify  # noqa: E402
+from models.imported import torch_import  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -182,14 +185,23 @@ def test_feature_fn_matches_torch_hook(unet):
     np.testing.assert_array_equal(pool1, enc2.reshape(2, 4, 2, 4, 2, 8).max(axis=(2, 4)))
 
 
+def count_convs(jaxpr) -> int:
+    """Convolutions in a jaxpr, nested jit calls included."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == "conv_general_dilated"
+        for value in eqn.params.values():
+            sub = getattr(value, "jaxpr", value)
+            n += count_convs(sub) if hasattr(sub, "eqns") else 0
+    return n
+
+
 def test_feature_fn_stops_early(unet):
     _, model, x = unet
     fn, params = models.feature_fn(model, "enc1")
-    eqns = jax.make_jaxpr(lambda z: fn(params, z))(x).eqns
-    convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
-    assert len(convs) == 1  # enc1's conv only: nothing after the cut is traced
-    full = jax.make_jaxpr(lambda z: model.apply(params, z))(x).eqns
-    assert len([e for e in full if e.primitive.name == "conv_general_dilated"]) == 7
+    # enc1's conv only: nothing after the cut is traced
+    assert count_convs(jax.make_jaxpr(lambda z: fn(params, z))(x).jaxpr) == 1
+    assert count_convs(jax.make_jaxpr(lambda z: model.apply(params, z))(x).jaxpr) == 7
 
 
 def test_hooks_and_weights_restored_after_call(unet):
@@ -217,6 +229,8 @@ def test_layout_nchw_round_trip(unet):
     assert nchw.input_shape == (None, 2, 16, 16)
     assert model.input_shape == (None, 16, 16, 2)
     y = nchw(jnp.asarray(x.transpose(0, 3, 1, 2)))
+    for example in (torch.from_numpy(x), jnp.asarray(x)):  # torch and JAX examples too
+        assert models.from_torch(net, example).input_shape == (None, 16, 16, 2)
     # the same ops on the same numbers (a transpose is exact)
     np.testing.assert_allclose(np.asarray(y).transpose(0, 2, 3, 1), model(x), rtol=0, atol=1e-6)
 
@@ -265,7 +279,7 @@ def test_bad_arguments(unet):
         models.from_torch(lambda z: z, x)
     with pytest.raises(ValueError, match="layout"):
         models.from_torch(net, x, layout="NWHC")
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not fit.*torch raised RuntimeError"):
         models.from_torch(net, np.zeros((1, 16, 16, 3), np.float32))
     with pytest.raises(ValueError, match="batch"):
         models.from_torch(net, np.zeros((16, 16, 2), np.float32))
@@ -288,10 +302,50 @@ def test_training_mode_refused():
         models.from_torch(net, x)
 
 
-def test_tuple_output_refused():
+def test_tuple_outputs_not_named_and_refused_at_the_top():
     class Pair(nn.Module):
         def forward(self, x):
-            return x, x
+            return x, 2 * x
 
+    class Sum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair, self.act = Pair(), nn.Tanh()
+
+        def forward(self, x):
+            a, b = self.pair(x)
+            return self.act(a + b)
+
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    assert models.layer_names(models.from_torch(Sum().eval(), x)) == ["act", "out"]
     with pytest.raises(ValueError, match="one tensor"):
-        models.from_torch(Pair().eval(), np.zeros((1, 4, 4, 1), np.float32))
+        models.from_torch(Pair().eval(), x)
+
+
+def test_float64_refuses_a_silent_float32_step():
+    class Down(nn.Module):
+        def forward(self, x):
+            return (2 * x).float()
+
+    model = models.from_torch(Down().eval(), np.zeros((1, 4, 4, 1), np.float32))
+    assert model(np.ones((1, 4, 4, 1), np.float32)).dtype == jnp.float32
+    with jax.enable_x64(True), pytest.raises(RuntimeError, match="float64 end to end"):
+        model(jnp.ones((1, 4, 4, 1), jnp.float64))
+
+
+def test_out_submodule_clashes_with_the_output_name():
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Identity()
+
+        def forward(self, x):
+            return self.out(x)
+
+    with pytest.raises(ValueError, match="'out'"):
+        models.from_torch(Head().eval(), np.zeros((1, 4, 4, 1), np.float32))
+
+
+def test_doctests():
+    result = doctest.testmod(torch_import)
+    assert result.attempted > 0 and result.failed == 0
