@@ -29,7 +29,10 @@ def _check_model(model) -> None:
 
 def split(model) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
     """``(apply_fn, params)`` with ``apply_fn(params, x) == model(x)``, for any callable NNX
-    module (U-Nets, MLPs, flows, decoders)."""
+    module (U-Nets, MLPs, flows, decoders) and for networks brought in by ``from_torch`` /
+    ``from_onnx`` (``params`` then a dict of arrays)."""
+    if isinstance(model, ImportedModel):
+        return model.apply, model.params
     _check_module(model)
     graphdef, params = nnx.split(model)
 
