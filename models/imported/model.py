@@ -16,7 +16,8 @@ Around that core it applies the project's rules, so ``models.split``, ``models.l
   float64 input (under ``jax.enable_x64``) runs in float64 end to end and ``certify`` gets a
   true float64 Jacobian; a float32 input runs on the float32 weights as imported.
 * **Names.** ``layer_names()`` lists the network's intermediates in forward order (torch module
-  paths, or ONNX value names) and ends with ``'out'``, the network's output.
+  paths, or ONNX value names) and ends with ``'out'``, the network's output; an intermediate
+  the network itself calls ``'out'`` (``self.out = nn.Conv2d(...)``) is listed as ``'out:0'``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ import numpy as np
 
 LAYOUTS = ("NHWC", "NCHW")
 OUT = "out"
+#: The key under which an importer's ``forward`` returns the network's output (its own names
+#: are torch module paths or ONNX value names, so an intermediate may itself be called 'out').
+OUTPUT = ""
+#: The public name of an intermediate the network itself calls 'out'.
+OUT_RENAMED = "out:0"
 
-#: ``forward(params, x_native, names) -> {name: activation in the native layout}``.
+#: ``forward(params, x_native, names) -> {name: activation in the native layout}``, with the
+#: network's output under ``OUTPUT``.
 Forward = Callable[[Mapping[str, jax.Array], jax.Array, tuple[str, ...]], dict[str, jax.Array]]
 
 
@@ -90,9 +97,12 @@ class ImportedModel:
     ):
         self.params = params
         self._forward = forward
-        self._names = tuple(names)
-        if OUT in self._names:
-            raise ValueError(f"the network has an intermediate called {OUT!r}; rename it")
+        names = tuple(names)
+        if OUT_RENAMED in names or OUTPUT in names:
+            raise ValueError(f"the network has an intermediate called {OUT_RENAMED!r} or ''")
+        public = tuple(OUT_RENAMED if name == OUT else name for name in names)
+        self._names = public
+        self._native = {**dict(zip(public, names, strict=True)), OUT: OUTPUT}
         self.layout = check_layout(layout)
         self.source = source
         self.input_shape = None if input_shape is None else tuple(input_shape)
@@ -108,7 +118,8 @@ class ImportedModel:
         )
 
     def layer_names(self) -> list[str]:
-        """Intermediates in forward order, then ``'out'``."""
+        """Intermediates in forward order, then ``'out'`` (an intermediate the network itself
+        calls 'out' is listed as 'out:0')."""
         return [*self._names, OUT]
 
     def check_input(self, x) -> None:
@@ -138,8 +149,11 @@ class ImportedModel:
             raise ValueError(f"unknown layer {unknown[0]!r}; this model's layers are {known}")
         self.check_input(x)
         params = cast_params(params, x.dtype)
-        acts = self._forward(params, to_native(x, self.layout), names)
-        return {name: from_native(acts[name], self.layout) for name in names}
+        native = tuple(self._native[name] for name in names)
+        acts = self._forward(params, to_native(x, self.layout), native)
+        return {
+            name: from_native(acts[n], self.layout) for name, n in zip(names, native, strict=True)
+        }
 
     def apply(self, params, x) -> jax.Array:
         """The network's output for the batch ``x``: ``apply(params, x)``."""

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.imported import onnx_ops
-from models.imported.model import OUT, ImportedModel, check_layout
+from models.imported.model import OUTPUT, ImportedModel, check_layout
 
 _FLOAT = {"tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"}
 
@@ -164,16 +164,27 @@ class _Graph:
             for name, value in self.constants.items()
             if name in used and np.issubdtype(value.dtype, np.floating)
         ]
+        # floating constants read anywhere outside a static slot (what a float64 run promotes)
+        read = {
+            i
+            for node, _, _ in self.nodes
+            for p, i in enumerate(node.input)
+            if i and p not in onnx_ops.STATIC_INPUTS.get(node.op_type, set())
+        }
+        self.float_constants = {
+            name
+            for name, value in self.constants.items()
+            if name in read and np.issubdtype(value.dtype, np.floating)
+        }
         missing = [o for o in self.outputs if o not in dynamic]
         if missing:
             raise ValueError(f"graph outputs {missing} do not depend on the input")
-        names = [o for n in self.dynamic_nodes for o in n.output if o]
-        self.names = [n for n in names if n != OUT]
+        self.names = [o for n in self.dynamic_nodes for o in n.output if o]
         self.dynamic = dynamic
 
     def forward(self, params, x, wanted):
-        """``{name: value}`` for the requested names ('out' = first graph output)."""
-        targets = {self.outputs[0] if name == OUT else name for name in wanted}
+        """``{name: value}`` for the requested names (``OUTPUT``: the first graph output)."""
+        targets = {self.outputs[0] if name == OUTPUT else name for name in wanted}
         float_dtype = x.dtype
         jctx = onnx_ops.Context(xp=jnp, float_dtype=float_dtype, opset=self.opset)
         sctx = onnx_ops.Context(xp=np, float_dtype=float_dtype, opset=self.opset)
@@ -208,7 +219,7 @@ class _Graph:
                     done.add(name)
             if targets <= done:
                 break
-        acts = {name: env[self.outputs[0] if name == OUT else name] for name in wanted}
+        acts = {name: env[self.outputs[0] if name == OUTPUT else name] for name in wanted}
         return acts
 
 
@@ -273,7 +284,7 @@ def _as_float64(model, graph: _Graph):
     from onnx import TensorProto, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    params = set(graph.param_names)
+    params = graph.float_constants
     for tensor in model.graph.initializer:
         if tensor.name in params:
             tensor.CopyFrom(
@@ -283,7 +294,7 @@ def _as_float64(model, graph: _Graph):
             )
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output[0] in params:
-            value = graph.constants[node.output[0]].astype(np.float64)
+            value = graph.constants[node.output[0]].astype(np.float64)  # (a Constant's output)
             del node.attribute[:]
             node.attribute.append(
                 onnx.helper.make_attribute("value", numpy_helper.from_array(value))

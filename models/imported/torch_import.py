@@ -58,7 +58,7 @@ import torch
 import torchax
 from torchax.interop import JittableModule
 
-from models.imported.model import OUT, ImportedModel, cast_params, check_layout
+from models.imported.model import OUTPUT, ImportedModel, cast_params, check_layout
 
 __all__ = ["TorchReference", "from_torch"]
 
@@ -204,7 +204,7 @@ def _make_forward(jm: JittableModule, env, paths: Mapping[str, torch.nn.Module])
     param_keys, buffer_keys = tuple(jm.params), tuple(jm.buffers)
 
     def forward(params, x, names):
-        wanted = {_unqualified(name) for name in names if name != OUT}
+        wanted = {_unqualified(name) for name in names if name != OUTPUT}
         captured: dict[str, object] = {}
         calls: dict[str, int] = {}
         handles = []
@@ -215,7 +215,7 @@ def _make_forward(jm: JittableModule, env, paths: Mapping[str, torch.nn.Module])
                 calls[path] = call + 1
                 if (path, call) in wanted:
                     captured[_qualified(path, call)] = env.t2j_iso(output)
-                    if len(captured) == len(wanted) and OUT not in names:
+                    if len(captured) == len(wanted) and OUTPUT not in names:
                         raise _Captured
 
             return hook
@@ -234,7 +234,7 @@ def _make_forward(jm: JittableModule, env, paths: Mapping[str, torch.nn.Module])
                 )
                 with env:
                     out = jm.functional_call("forward", p, b, xt)
-            captured[OUT] = env.t2j_iso(out)
+            captured[OUTPUT] = env.t2j_iso(out)
         except _Captured:
             pass
         finally:

@@ -333,17 +333,22 @@ def test_float64_refuses_a_silent_float32_step():
         model(jnp.ones((1, 4, 4, 1), jnp.float64))
 
 
-def test_out_submodule_clashes_with_the_output_name():
+def test_out_submodule_is_listed_as_out_0():
+    """``self.out`` is a common name; the network's output keeps 'out', the submodule 'out:0'."""
+
     class Head(nn.Module):
         def __init__(self):
             super().__init__()
-            self.out = nn.Identity()
+            self.out = nn.Conv2d(1, 2, 1)
 
         def forward(self, x):
-            return self.out(x)
+            return torch.relu(self.out(x))
 
-    with pytest.raises(ValueError, match="'out'"):
-        models.from_torch(Head().eval(), np.zeros((1, 4, 4, 1), np.float32))
+    model = models.from_torch(Head().eval(), np.zeros((1, 4, 4, 1), np.float32))
+    assert models.layer_names(model) == ["out:0", "out"]
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 1)).astype(np.float32)
+    acts = models.activations(model, x)
+    np.testing.assert_array_equal(np.asarray(acts["out"]), np.maximum(np.asarray(acts["out:0"]), 0))
 
 
 def test_doctests():
