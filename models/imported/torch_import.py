@@ -30,18 +30,20 @@
 Limits (what torchax cannot turn into a JAX function, or what this import does not do):
 
 * Python control flow on tensor *values* (``if x.sum() > 0``, ``.item()``, ``.tolist()``,
-  ``.numpy()``, data-dependent shapes) needs concrete values, and the forward is always traced
-  (it is jit-compiled even for an eager call): such a module imports (the probe run is torch's
-  own) and then fails on its first call with JAX's ``ConcretizationTypeError``. Control flow on
+  ``.numpy()``, data-dependent shapes such as ``torch.unique``) needs concrete values, and the
+  forward is always traced (it is jit-compiled even for an eager call). Control flow on
   shapes and Python attributes is fine (it is fixed in the trace).
-* An op torchax has no lowering for raises torchax's ``OperatorNotFound`` on the first call
-  (the probe run is torch's own, so such a module imports).
+* An op torchax has no lowering for, a tensor created inside ``forward`` from Python data
+  (``torch.zeros(...)`` without the input's device: a plain torch tensor mixed with torchax
+  ones), or control flow on tensor values is refused by ``from_torch`` itself, which traces
+  the whole forward abstractly once (``jax.eval_shape``, nothing runs) and raises
+  ``ValueError`` naming the innermost submodule and torchax's or JAX's message.
 * Training mode is refused (batch norm would use batch statistics and update its running
   buffers, dropout is random): call ``module.eval()`` first. Buffer updates made inside
   ``forward`` are never written back.
 * The whole module must return one tensor; submodules returning tuples, dicts or ``None`` are
   run but not named. The input shape is fixed to ``example_input``'s apart from the batch axis.
-  A submodule whose path is ``out`` clashes with the network output's name and is refused.
+  A submodule whose path is ``out`` is listed as ``out:0`` (``out`` is the network output).
 * The module's own forward hooks also run, on torchax tensors.
 """
 
@@ -200,6 +202,47 @@ class TorchReference:
         return grad.cpu().numpy()
 
 
+def _check_traceable(forward, params, x_native: np.ndarray, module) -> None:
+    """Trace the whole forward abstractly (``jax.eval_shape``: nothing runs) and turn a failure
+    into a ``ValueError`` naming the innermost submodule it happened in."""
+    stack: list[str] = []
+    handles = []
+
+    def enter(path):
+        return lambda *_: stack.append(path)  # returns None: the input is left alone
+
+    def leave(path):
+        def hook(*_):
+            if stack[-1:] == [path]:
+                stack.pop()
+
+        return hook
+
+    for path, sub in module.named_modules():
+        if path:
+            handles.append(sub.register_forward_pre_hook(enter(path)))
+            handles.append(sub.register_forward_hook(leave(path)))
+    shape = jax.ShapeDtypeStruct(x_native.shape, jnp.float32)
+    try:
+        jax.eval_shape(lambda p, x: forward(p, x, (OUTPUT,)), params, shape)
+    except Exception as err:
+        where = (
+            f"in submodule {stack[-1]!r} ({type(module.get_submodule(stack[-1])).__name__})"
+            if stack
+            else "in the module's own forward"
+        )
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"the module cannot be traced as a JAX function by torchax {torchax.__version__}, "
+            f"{where}: {type(err).__name__}: {first} (an op without a JAX lowering, a tensor "
+            "created inside forward without the input's device, or control flow on tensor "
+            "values; see models.imported.torch_import)"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _make_forward(jm: JittableModule, env, paths: Mapping[str, torch.nn.Module]):
     param_keys, buffer_keys = tuple(jm.params), tuple(jm.buffers)
 
@@ -285,9 +328,11 @@ def from_torch(module, example_input, *, layout: str = "NHWC") -> ImportedModel:
         state = env.t2j_copy({**jm.buffers, **jm.params})
     params = cast_params(state, jnp.float32)
     paths = dict(module.named_modules())
+    forward = _make_forward(jm, env, paths)
+    _check_traceable(forward, params, x_native, module)
     return ImportedModel(
         params=params,
-        forward=_make_forward(jm, env, paths),
+        forward=forward,
         names=names,
         layout=layout,
         source="torch",

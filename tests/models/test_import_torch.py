@@ -354,3 +354,34 @@ def test_out_submodule_is_listed_as_out_0():
 def test_doctests():
     result = doctest.testmod(torch_import)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("forward", "match"),
+    [
+        # a grid made from Python data inside forward is a plain torch tensor
+        (
+            lambda x: nn.functional.grid_sample(x, torch.zeros(1, 4, 4, 2), align_corners=False),
+            "mixed math",
+        ),
+        # a data-dependent shape needs concrete values
+        (lambda x: x * torch.unique(x).sum(), "Concretization"),
+    ],
+)
+def test_untraceable_module_is_refused_at_import_naming_the_submodule(forward, match):
+    class Inner(nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 1, 1)
+            self.odd = Inner()
+
+        def forward(self, x):
+            return self.odd(self.stem(x))
+
+    with pytest.raises(ValueError, match=r"cannot be traced.*submodule 'odd' \(Inner\)") as info:
+        models.from_torch(Net().eval(), np.zeros((1, 4, 4, 1), np.float32))
+    assert match in str(info.value)
