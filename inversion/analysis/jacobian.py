@@ -12,18 +12,28 @@ For ``fn : R^n -> R^m`` (any array shapes, flattened) and ``J = d fn / d x`` at 
 * ``log_volume = sum_{sigma_i > tol} log sigma_i`` (natural log): the log of the factor by
   which ``fn`` scales ``rank``-dimensional volume on the row space of ``J``.
 
-``method='dense'`` builds ``J`` in float64 (:func:`dense_jacobian`, the Jacobian ``certify``
-uses) and takes numpy's SVD. ``method='lanczos'`` never forms ``J``: it wraps
-``v -> J v`` (``jax.linearize``) and ``u -> J^T u`` (``jax.linear_transpose``) as a scipy
-``LinearOperator`` and calls ARPACK through ``scipy.sparse.linalg.svds`` (implicitly
-restarted Lanczos on ``J^T J``). It then knows the rank exactly only when the ``k``-th value
-is already below ``tol`` (``complete=True``); otherwise ``rank`` is a lower bound and
-``nullity``/``log_volume`` refer to the computed values only (``complete=False``).
+Both methods are views of :func:`~inversion.analysis.certify` (the same float64 Jacobian
+products, the same tolerance convention). ``method='dense'`` is ``certify(method='dense')``: all
+``min(m, n)`` singular values of the float64 ``J``. ``method='lanczos'`` never forms ``J``: it
+runs ``certify``'s Golub-Kahan bidiagonalisation (float64 JVP/VJP, full reorthogonalisation,
+on ``J^T`` for a wide map) with ``2k + 10`` steps, doubled until the top ``k`` Ritz values have
+converged (residual bound ``<= 1e-7 sigma_1``, see ``certify``) or the run is complete, and
+returns the top ``k``. Ritz values are lower bounds (``theta_j <= sigma_j``), so
+``rank = #{theta_j > tol}`` is a lower bound on the rank. It is the rank, ``complete=True``,
+when the run was complete or when the rest of the spectrum is shown to lie below ``tol``: for
+``V_r`` the Ritz vectors of the ``r = rank`` values above ``tol``, ``sigma_{r+1} <=
+||J (I - V_r V_r^T)||`` (Eckart-Young: ``J V_r V_r^T`` has rank ``r``), and with ``10``
+Gaussian probes ``w_i``, ``||J (I - V_r V_r^T)|| <= 10 sqrt(2/pi) max_i ||J (I - V_r V_r^T)
+w_i||`` with probability at least ``1 - 10^-10`` (Halko, Martinsson & Tropp 2011, Lemma 4.1).
+``complete=True`` from the probes is thus a statement with that probability; a Krylov method
+alone (one start vector) would miss repeated singular values. Otherwise ``rank`` is a lower
+bound and ``nullity`` an upper bound (``complete=False``).
 ``method='auto'`` is dense when ``m * n <= dense_limit`` (default 4·10^6 entries).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -31,9 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
-from scipy.sparse.linalg import LinearOperator, svds
 
-from inversion.analysis.certificate import jacobian64
+from inversion.analysis.certificate import certify, jacobian64
 
 _METHODS = ("auto", "dense", "lanczos")
 
@@ -48,7 +57,7 @@ class JacobianSpectrum(NamedTuple):
     n_in: int
     n_out: int
     tol: float  # threshold used for the rank
-    complete: bool  # True when the rank is exact (whole spectrum or its tail reached)
+    complete: bool  # the rank is exact: whole spectrum, its tail reached, or the rest below tol
     method: str  # 'dense' or 'lanczos'
 
     @property
@@ -123,39 +132,38 @@ def _check_finite_jacobian(finite: bool, bad: int, total: int, what: str = "entr
         )
 
 
-def _finite_product(v) -> np.ndarray:
-    """A Jacobian-vector product on host, checked (ARPACK fails obscurely on NaN)."""
-    v = np.asarray(v, np.float64)
-    _check_finite_jacobian(
-        np.isfinite(v).all(),
-        int(np.sum(~np.isfinite(v))),
-        v.size,
-        "entries of a Jacobian-vector product",
-    )
-    return v
-
-
 def dense_jacobian(fn: Callable[[Array], Array], x: Array) -> Float[np.ndarray, "m n"]:
     """``d fn / d x`` as an ``(m, n)`` float64 numpy matrix (inputs/outputs flattened),
     differentiated in float64 as :func:`~inversion.analysis.certificate.certify` does."""
     return jacobian64(fn, x)
 
 
-def _lanczos(fn, x, k, key):
-    y, jvp = jax.linearize(fn, x)
-    vjp = jax.linear_transpose(jvp, x)
-    m, n = int(y.size), int(x.size)
-    dt = x.dtype
-    matvec = jax.jit(lambda v: jvp(v.reshape(x.shape).astype(dt)).ravel())
-    rmatvec = jax.jit(lambda u: vjp(u.reshape(y.shape).astype(dt))[0].ravel())
-    op = LinearOperator(
-        (m, n),
-        dtype=np.float64,
-        matvec=lambda v: _finite_product(matvec(jnp.asarray(np.ravel(v)))),
-        rmatvec=lambda u: _finite_product(rmatvec(jnp.asarray(np.ravel(u)))),
+#: Probes of the complement of the Ritz vectors, and the factor of Halko, Martinsson & Tropp's
+#: bound ``||M|| <= 10 sqrt(2/pi) max_i ||M w_i||`` (probability >= 1 - 10^-PROBES).
+PROBES = 10
+_HMT = 10.0 * math.sqrt(2.0 / math.pi)
+#: Residual bound (relative to sigma_1) at which a Ritz value counts as converged.
+CONVERGED = 1e-7
+
+
+def _rest_below(fn, x, ritz, tol, key) -> bool:
+    """Whether ``||J (I - V V^T)|| <= tol`` by :data:`PROBES` Gaussian probes (see the module
+    docstring), ``V = ritz`` orthonormal ``n x r``, ``J`` in float64 as ``certify`` takes it."""
+    w = np.asarray(jax.random.normal(key, (PROBES, x.size)), np.float64)
+    w = w - (w @ ritz) @ ritz.T
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        try:
+            jax.eval_shape(fn, x64)
+        except TypeError:  # fn refuses float64 (certify warned): its own dtype
+            x64 = jnp.asarray(x)
+        tangents = jnp.asarray(w.reshape(PROBES, *x.shape), x64.dtype)
+        images = jax.jit(jax.vmap(lambda t: jax.jvp(fn, (x64,), (t,))[1]))(tangents)
+        images = np.asarray(images, np.float64).reshape(PROBES, -1)
+    _check_finite_jacobian(
+        np.isfinite(images).all(), int(np.sum(~np.isfinite(images))), images.size
     )
-    v0 = np.asarray(jax.random.normal(key, (min(m, n),)), np.float64)
-    return svds(op, k=k, v0=v0, tol=1e-7, return_singular_vectors=False), m, n
+    return _HMT * float(np.max(np.linalg.norm(images, axis=1))) <= tol
 
 
 def jacobian_spectrum(
@@ -180,22 +188,35 @@ def jacobian_spectrum(
     if method == "auto":
         method = "dense" if m * n <= dense_limit or min(m, n) < 3 else "lanczos"
     if method == "dense":
-        jac = dense_jacobian(fn, x)
-        _check_finite_jacobian(np.isfinite(jac).all(), int(np.sum(~np.isfinite(jac))), m * n)
-        s = np.linalg.svd(jac, compute_uv=False)
+        s = certify(fn, x, method="dense").singular_values
         return summarize_spectrum(s, n_in=n, n_out=m, tol=tol, eps=eps)
     if min(m, n) < 3:
         raise ValueError(f"method='lanczos' needs min(m, n) >= 3, got a {m}x{n} Jacobian")
-    k = min(50, min(m, n) - 1) if k is None else k
-    if k >= min(m, n):
-        raise ValueError(f"k must be < min(m, n) = {min(m, n)} for method='lanczos', got {k}")
+    q = min(m, n)
+    k = min(50, q - 1) if k is None else k
+    if k >= q:
+        raise ValueError(f"k must be < min(m, n) = {q} for method='lanczos', got {k}")
     key = jax.random.key(0) if key is None else key
-    s, m, n = _lanczos(fn, x, k, key)
-    if tol is None:
-        tol = max(m, n) * eps * float(np.max(s))
-    return summarize_spectrum(
-        s, n_in=n, n_out=m, tol=tol, eps=eps, complete=False, method="lanczos"
+    run_key, probe_key = jax.random.split(key)
+    steps = min(q, 2 * k + 10)
+    while True:
+        cert = certify(
+            fn, x, method="lanczos", k=steps, key=run_key, rtol=max(m, n) * eps, vectors=True
+        )
+        theta = cert.singular_values
+        if cert.complete or np.all(cert.residuals[:k] <= CONVERGED * theta[0]):
+            break
+        steps = min(q, 2 * steps)
+    s = theta[:k]
+    tol = max(m, n) * eps * float(s[0]) if tol is None else float(tol)
+    rank = int(np.sum(s > tol))
+    complete = cert.complete and rank < k  # the whole spectrum: exact if the tail is below tol
+    if not complete:
+        complete = _rest_below(fn, x, cert.vectors[:, :rank], tol, probe_key)
+    spec = summarize_spectrum(
+        s, n_in=n, n_out=m, tol=tol, eps=eps, complete=complete, method="lanczos"
     )
+    return spec._replace(complete=bool(complete))
 
 
 def layerwise_spectra(
