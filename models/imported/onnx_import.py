@@ -28,7 +28,8 @@ non-constant inputs, and control flow (``If``, ``Loop``, ``Scan``).
 
 The reference runtime for :func:`models.conformance` is onnxruntime in float32, and ONNX's own
 reference evaluator (``onnx.reference``) on a float64 copy of the graph in float64, since
-onnxruntime has no float64 convolution kernels.
+onnxruntime has no float64 convolution kernels; four of its kernels that are not
+float64-exact are replaced by the operators' definitions (``_float64_kernels``).
 """
 
 from __future__ import annotations
@@ -188,10 +189,14 @@ class _Graph:
         float_dtype = x.dtype
         jctx = onnx_ops.Context(xp=jnp, float_dtype=float_dtype, opset=self.opset)
         sctx = onnx_ops.Context(xp=np, float_dtype=float_dtype, opset=self.opset)
-        env = dict(self.constants)
+        # float constants in the run's precision (static arithmetic like 1/sqrt(d) included)
+        static = {
+            name: value.astype(float_dtype) if name in self.float_constants else value
+            for name, value in self.constants.items()
+        }
+        env = dict(static)
         env.update(params)
         env[self.input.name] = x
-        static = dict(self.constants)
         done = set()
         for node, attrs, _ in self.nodes:
             if node.op_type == "Constant":
@@ -248,7 +253,7 @@ class OnnxReference:
                 from onnx.reference import ReferenceEvaluator
 
                 self._sessions[dtype] = ReferenceEvaluator(
-                    _as_float64(self._model, self._graph), new_ops=[_batch_norm_inference()]
+                    _as_float64(self._model, self._graph), new_ops=_float64_kernels()
                 )
         return self._sessions[dtype]
 
@@ -261,10 +266,19 @@ class OnnxReference:
         return None  # onnxruntime's inference build has no gradients
 
 
-def _batch_norm_inference():
-    """``BatchNormalization`` in inference mode for ``onnx.reference``, whose version-9 kernel
-    runs training mode whenever ``momentum`` is set (its schema default, so always)."""
+def _float64_kernels() -> list:
+    """Kernels for ``onnx.reference`` where its own are not float64-exact:
+
+    * ``BatchNormalization``: its version-9 kernel runs training mode whenever ``momentum``
+      is set (its schema default, so always); this one is the inference formula.
+    * ``Erf``: its kernel computes in float32 (``np.vectorize(math.erf, otypes=['f'])``).
+    * ``HardSwish`` and ``Gelu``: it has no kernels and expands their function bodies, whose
+      constants are float32 (the nearest float32 to 1/6, sqrt(2)); these are the operators'
+      definitions, ``x max(0, min(1, x/6 + 1/2))`` and ``x (1 + erf(x / sqrt 2)) / 2`` (or
+      its tanh form).
+    """
     from onnx.reference.op_run import OpRun
+    from scipy.special import erf
 
     class BatchNormalization(OpRun):
         op_domain = ""
@@ -274,7 +288,28 @@ def _batch_norm_inference():
             inv = scale.reshape(shape) / np.sqrt(var.reshape(shape) + epsilon)
             return (((x - mean.reshape(shape)) * inv + bias.reshape(shape)).astype(x.dtype),)
 
-    return BatchNormalization
+    class Erf(OpRun):
+        op_domain = ""
+
+        def _run(self, x):
+            return (erf(x).astype(x.dtype),)
+
+    class HardSwish(OpRun):
+        op_domain = ""
+
+        def _run(self, x):
+            return ((x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),)
+
+    class Gelu(OpRun):
+        op_domain = ""
+
+        def _run(self, x, approximate="none"):
+            if approximate == "tanh":
+                inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+                return ((0.5 * x * (1 + np.tanh(inner))).astype(x.dtype),)
+            return ((0.5 * x * (1 + erf(x / np.sqrt(2)))).astype(x.dtype),)
+
+    return [BatchNormalization, Erf, HardSwish, Gelu]
 
 
 def _as_float64(model, graph: _Graph):

@@ -286,6 +286,11 @@ def _div(xp, a, b):
     return a / b
 
 
+def _mod(xp, a, b, attrs):
+    """``fmod=1``: the sign of the dividend (C's fmod); ``fmod=0``: of the divisor (Python)."""
+    return xp.fmod(a, b) if attrs.get("fmod", 0) else xp.mod(a, b)
+
+
 def clip(ctx, inputs, attrs):
     x = inputs[0]
     if ctx.opset < 11:
@@ -323,8 +328,8 @@ def cast(ctx, inputs, attrs):
 
     x = inputs[0]
     target = np.dtype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
-    if np.issubdtype(target, np.floating) and ctx.xp is not np:
-        target = ctx.float_dtype  # a float run stays in its own precision
+    if np.issubdtype(target, np.floating):
+        target = ctx.float_dtype  # a float run stays in its own precision, shape arithmetic too
     elif np.issubdtype(target, np.integer) and ctx.xp is not np:
         target = jax.dtypes.canonicalize_dtype(target)
     return [x.astype(target)]
@@ -451,8 +456,12 @@ def slice_(ctx, inputs, attrs):
 def gather(ctx, inputs, attrs):
     x, idx = inputs
     axis = _axis(attrs.get("axis", 0), x.ndim)
-    idx = np.asarray(idx) if isinstance(idx, np.ndarray | np.generic) else idx
-    idx = ctx.xp.where(idx < 0, idx + x.shape[axis], idx)
+    if isinstance(idx, np.ndarray | np.generic):  # indices known while tracing (the usual case)
+        idx = np.where(idx < 0, idx + x.shape[axis], idx).astype(
+            np.int64 if ctx.xp is np else np.int32
+        )
+    else:
+        idx = jnp.where(idx < 0, idx + x.shape[axis], idx)
     return [ctx.xp.take(x, idx, axis=axis)]
 
 
@@ -673,6 +682,7 @@ OPS = {
     "MaxPool": max_pool,
     "Mean": lambda ctx, i, a: [sum(i[1:], i[0]) / len(i)],
     "Min": _variadic(lambda xp, a, b: xp.minimum(a, b)),
+    "Mod": lambda ctx, i, a: [_mod(ctx.xp, i[0], i[1], a)],
     "Mul": _binary(lambda xp, a, b: a * b),
     "Neg": _unary(lambda xp, x, a: -x),
     "Not": _unary(lambda xp, x, a: xp.logical_not(x)),
@@ -698,6 +708,7 @@ OPS = {
     ),
     "Shape": shape,
     "Sigmoid": _unary(lambda xp, x, a: jax.nn.sigmoid(x)),
+    "Sign": _unary(lambda xp, x, a: xp.sign(x)),
     "Sin": _unary(lambda xp, x, a: xp.sin(x)),
     "Cos": _unary(lambda xp, x, a: xp.cos(x)),
     "Size": size,
