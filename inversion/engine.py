@@ -10,12 +10,19 @@ batch gives the same answer as separate ``invert`` calls. This module is the hos
 stop, time limit); :func:`inversion.solve` is the same computation as one pure, traceable
 function. See :mod:`inversion.loop` for the batched step and :mod:`inversion.result` for the
 result layout.
+
+Invert logits, not saturated probabilities: where ``fn`` ends in a sigmoid (or softmax) that
+saturates at the start, ``grad J`` is exactly 0 in floating point and no gradient-based solver
+can move. Such a row stops at once with status ``'zero_gradient'`` (0 steps, ``x = x0``) and
+the call warns (``RuntimeWarning``); invert the pre-activation output instead
+(``models.feature_fn(model, name)`` cuts a network before its final sigmoid).
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -31,7 +38,7 @@ from inversion import regularizers as regs
 from inversion.engine_run import solve_cost, solve_rows
 from inversion.loop import Problem
 from inversion.losses import LossFn, get_loss
-from inversion.result import Result
+from inversion.result import ZERO_GRADIENT, Result
 from inversion.solvers import Optax, Solver
 
 DEFAULT_INIT_SCALE = 0.1
@@ -186,6 +193,31 @@ def _deadline(time_limit, loop) -> tuple[float | None, str]:
     return time.perf_counter() + time_limit, "python" if loop == "auto" else loop
 
 
+@jax.jit
+def _count_zero_gradient(code: jax.Array) -> jax.Array:
+    return jnp.sum(code == ZERO_GRADIENT)
+
+
+def warn_zero_gradient(code: jax.Array, *, stacklevel: int = 3) -> int:
+    """Warn (``RuntimeWarning``) when any row ended with status ``'zero_gradient'``; returns how
+    many did. Reads one scalar back to the host (a replicated sum, so sharded results over
+    several processes work too)."""
+    count = int(_count_zero_gradient(code))
+    if count:
+        rows = int(np.prod(np.shape(code)))
+        warnings.warn(
+            f"{count} of {rows} row{'s' if rows != 1 else ''} stopped at the start with status "
+            "'zero_gradient': the gradient of the objective with respect to the input is "
+            "exactly 0 there while the objective is not (e.g. a saturated sigmoid), so no "
+            "gradient-based solver can move. Invert logits (pre-activation) rather than "
+            "saturated probabilities; models.feature_fn(model, name) cuts the network before "
+            "its final sigmoid.",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+    return count
+
+
 def _random_start(key, shape, dtype, scale):
     return scale * jax.random.normal(key, shape, dtype)
 
@@ -262,7 +294,9 @@ def invert(
 
     Returns:
         A :class:`Result` with ``x`` of ``target``'s input shape and scalar ``loss``, ``residual``
-        (``||fn(x) - y|| / ||y||``), ``steps`` and ``status``.
+        (``||fn(x) - y|| / ||y||``), ``steps`` and ``status``. A start where ``grad J`` is
+        exactly 0 (and ``J`` is not) ends at once with status ``'zero_gradient'`` and a
+        ``RuntimeWarning``: invert logits, not saturated probabilities (module docstring).
 
     Raises:
         ValueError / TypeError: for bad arguments, before anything compiles.
@@ -305,6 +339,7 @@ def invert(
         deadline=deadline,
         group="single",
     )
+    warn_zero_gradient(out[5])
     return Result(*out, restarts=0)
 
 
@@ -341,7 +376,9 @@ def invert_batch(
     ``restarts = R > 1``: ``x0`` of shape ``(N, R, *xs)``, or with ``key`` restart ``r`` of every
     target starts at ``init_scale * normal(jax.random.split(key, R)[r], xs)``; ``Result.x`` then
     has shape ``(N, R, *xs)`` and :meth:`Result.best` picks the lowest-loss restart per target.
-    Precision and argument types as in :func:`invert`.
+    Precision and argument types as in :func:`invert`. A row (target or restart) whose gradient
+    is exactly 0 at its start ends there with status ``'zero_gradient'`` while the other rows go
+    on; one ``RuntimeWarning`` names how many rows did.
 
     Start (besides ``x0``, ``x_shape``, ``key``, ``init_scale``):
         restarts: starts per target (see above).
@@ -427,6 +464,7 @@ def invert_batch(
         deadline=deadline,
         group=restarts if restarts > 1 else None,
     )
+    warn_zero_gradient(out[5])
     return Result(*out, restarts=restarts if restarts > 1 else 0)
 
 

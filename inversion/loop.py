@@ -71,7 +71,7 @@ class StepState(NamedTuple):
     i: Int[Array, ""]  # index of the next step
     x_prev: Float[Array, "B ..."]  # previous iterate, returned if the current one blows up
     solver_state: Any  # the solver's state, one per row (vmapped init)
-    code: Int[Array, " B"]  # RUNNING (= MAX_STEPS), CONVERGED, DIVERGED or STALLED
+    code: Int[Array, " B"]  # RUNNING (= MAX_STEPS) or a final status (inversion.result)
     n: Int[Array, " B"]  # solver steps applied to each row
     history: Float[Array, "steps B"]  # objective per step, preallocated
     running: Bool[Array, ""]  # any row still running (the one value the host reads)

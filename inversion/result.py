@@ -21,6 +21,12 @@ History convention: ``history[..., j]`` is the objective (loss plus regularizers
 iterate ``x_j`` for ``j < steps``; every entry from ``steps`` on holds the final ``loss``, so a
 history is never NaN and never shorter than the requested number of steps.
 
+Zero gradient at the start: when every entry of ``grad J(x_0)`` is exactly 0 (a saturated
+sigmoid's probabilities, every ReLU dead), no gradient-based solver can leave ``x_0``. Such a
+run stops at once: ``steps`` 0, ``x = x_0``, every ``history`` entry ``J(x_0)``, status
+``'zero_gradient'`` (``'converged'`` if ``J(x_0) = 0``: the start already solves the problem).
+Invert logits (pre-activation outputs) rather than saturated probabilities.
+
 Non-finite objectives: a run stops with status ``'diverged'`` at its last finite iterate. When
 the objective is not finite even at the start ``x0`` (e.g. ``fn(x0)`` is NaN), there is no
 finite iterate to return: ``x`` is ``x0``, ``steps`` is 0, and ``loss`` and every ``history``
@@ -41,10 +47,14 @@ MAX_STEPS = 0
 CONVERGED = 1
 DIVERGED = 2
 STALLED = 3
-STATUS_NAMES = ("max_steps", "converged", "diverged", "stalled")
+ZERO_GRADIENT = 4
+STATUS_NAMES = ("max_steps", "converged", "diverged", "stalled", "zero_gradient")
 """Status names by code: ``max_steps`` (ran out of steps), ``converged`` (objective <= ``tol``,
-or the solver's own convergence test), ``diverged`` (a non-finite objective or iterate),
-``stalled`` (the solver can make no further progress, e.g. its trust region collapsed)."""
+the solver's own convergence test, or exactly 0 with a zero gradient at the start), ``diverged`` (a non-finite
+objective or iterate), ``stalled`` (the solver can make no further progress, e.g. its trust
+region collapsed), ``zero_gradient`` (every entry of ``grad J`` is exactly 0 at the start while
+``J`` is not: no gradient-based solver can move, e.g. a saturated sigmoid; the run ends after
+0 steps with ``x = P(x0)``)."""
 
 
 @functools.partial(
@@ -66,7 +76,8 @@ class Result:
             to the engine and is never mixed in.
         steps: number of optimiser updates actually applied.
         status_code: ``0`` max_steps, ``1`` converged (objective <= tol, or the solver's own
-            test), ``2`` diverged, ``3`` stalled (names in :data:`STATUS_NAMES`).
+            test), ``2`` diverged, ``3`` stalled, ``4`` zero_gradient (names in
+            :data:`STATUS_NAMES`).
         restarts: number of restarts along axis 1 (``0`` when there is no restart axis).
     """
 
@@ -80,8 +91,8 @@ class Result:
 
     @property
     def status(self) -> str | np.ndarray:
-        """``'max_steps'``, ``'converged'``, ``'diverged'`` or ``'stalled'``; a numpy string
-        array for batches (reads the codes back to the host: not for use under ``jit``)."""
+        """``'max_steps'``, ``'converged'``, ``'diverged'``, ``'stalled'`` or ``'zero_gradient'``;
+        a numpy string array for batches (reads the codes back to the host: not for use under ``jit``)."""
         codes = np.asarray(self.status_code)
         names = np.asarray(STATUS_NAMES)[codes]
         return str(names) if names.ndim == 0 else names
@@ -95,6 +106,11 @@ class Result:
     def diverged(self) -> jax.Array:
         """Boolean array: a non-finite objective or iterate stopped the run."""
         return self.status_code == DIVERGED
+
+    @property
+    def zero_gradient(self) -> jax.Array:
+        """Boolean array: the gradient was exactly zero at the start (see the module docstring)."""
+        return self.status_code == ZERO_GRADIENT
 
     def best(self) -> Result:
         """Per target, the restart with the lowest final loss (layout of a run without restarts).

@@ -7,8 +7,17 @@ projection onto the bounds, the start is ``x_0 = P(x0)`` and step ``i`` of a run
     x_new, state = solver.step(objective, x_i, state)      # state.value = J(x_i)
     if J(x_i) is not finite:   stop 'diverged', return x_{i-1}          (last finite iterate)
     elif J(x_i) <= tol:        stop 'converged', return x_i
+    elif i == 0 and grad J(x_0) == 0 (every entry, exactly; state.grad_zero):
+                               stop 'converged' if J(x_0) == 0 else 'zero_gradient', return x_0
     elif x_new is not finite:  stop 'diverged', return x_i
     else:                      x_{i+1} = x_new; stop if solver.terminate(...) says so
+
+A gradient that is exactly zero at the start (a saturated sigmoid's probabilities, all ReLUs
+dead) leaves every gradient-based solver where it is, so the row ends at once, after 0 steps,
+rather than running ``max_steps`` at an unchanged ``x``; invert logits (pre-activation outputs)
+rather than saturated probabilities. The test reads a flag the solver computes from the
+gradient it has already evaluated: one reduction per step. A zero gradient reached later is
+left to the solver (momentum, for one, may carry the iterate on).
 
 A stopped row is frozen (its ``x`` and solver state no longer change), so extra steps are
 no-ops: any batch size, chunking or loop gives the same per-row answer.
@@ -27,7 +36,7 @@ from jax import lax
 from jaxtyping import Array
 
 from inversion.objective import Objective
-from inversion.result import CONVERGED, DIVERGED, Result
+from inversion.result import CONVERGED, DIVERGED, ZERO_GRADIENT, Result
 from inversion.solvers.base import RUNNING, Solver
 
 
@@ -37,7 +46,7 @@ class Row(NamedTuple):
     x: Array  # current iterate
     x_prev: Array  # previous iterate, returned if the current one has a non-finite objective
     state: Any  # the solver's state
-    code: Array  # RUNNING (= MAX_STEPS), CONVERGED, DIVERGED or STALLED
+    code: Array  # RUNNING (= MAX_STEPS), CONVERGED, DIVERGED, STALLED or ZERO_GRADIENT
     n: Array  # solver steps applied
 
 
@@ -63,6 +72,17 @@ def _select(pred: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def _grad_zero(solver: Solver, state: Any) -> Array:
+    try:
+        return state.grad_zero
+    except AttributeError:
+        raise TypeError(
+            f"{type(solver).__name__}.step returned a {type(state).__name__} without the field "
+            "grad_zero (whether grad J is exactly zero at the step's input; see "
+            "inversion.solvers.base)"
+        ) from None
+
+
 def advance(objective: Objective, solver: Solver, row: Row, tol: float | None) -> tuple[Row, Array]:
     """One step of one row by the rules of the module docstring.
 
@@ -73,14 +93,19 @@ def advance(objective: Objective, solver: Solver, row: Row, tol: float | None) -
     active = row.code == RUNNING
     finite_v = jnp.isfinite(value)
     conv = (finite_v & (value <= tol)) if tol is not None else jnp.zeros((), bool)
+    # n is 0 only at a running row's first step (every later one follows a move)
+    flat = finite_v & ~conv & (row.n == 0) & _grad_zero(solver, new_state)
+    conv = conv | (flat & (value == 0))
+    flat = flat & ~conv
     finite_x = jnp.all(jnp.isfinite(x_new))
-    move = active & finite_v & ~conv & finite_x
+    move = active & finite_v & ~conv & ~flat & finite_x
     bad_v = active & ~finite_v
-    bad_x = active & finite_v & ~conv & ~finite_x
+    bad_x = active & finite_v & ~conv & ~flat & ~finite_x
     x = jnp.where(move, x_new, jnp.where(bad_v, row.x_prev, row.x))
     x_prev = jnp.where(move, row.x, row.x_prev)
     state = strong(_select(move, new_state, row.state))
     code = jnp.where(active & conv, CONVERGED, jnp.where(bad_v | bad_x, DIVERGED, row.code))
+    code = jnp.where(active & flat, ZERO_GRADIENT, code)
     n = jnp.where(move, row.n + 1, jnp.where(bad_v, jnp.maximum(row.n - 1, 0), row.n))
     done, status = solver.terminate(objective, x, state)
     code = jnp.where(move & done, status, code).astype(jnp.int32)
@@ -121,7 +146,8 @@ def solve(
 
     Pure and traceable: ``jax.jit(jax.vmap(lambda y, x0: solve(Objective(fn, y), solver, x0,
     max_steps=100)))`` inverts many targets in one program. The row stops early when its
-    objective reaches ``tol``, when it diverges, or when ``solver.terminate`` says so.
+    objective reaches ``tol``, when it diverges, when the gradient is exactly zero at the start
+    (status ``'zero_gradient'``, see the module docstring), or when ``solver.terminate`` says so.
 
     Returns a :class:`inversion.Result` for one target: ``x`` (the input's shape),
     ``history`` ``(max_steps,)``, and scalar ``loss``, ``residual``, ``steps`` and

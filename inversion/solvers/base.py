@@ -5,7 +5,8 @@ A solver works on ONE :class:`inversion.Objective` and one input ``x`` (batches 
 pytree, so it can be carried through ``lax.while_loop``, vmapped, sharded and donated::
 
     state = solver.init(objective, x)                  # nothing evaluated yet: value = +inf
-    x_next, state = solver.step(objective, x, state)   # state.value == objective.value(x)
+    x_next, state = solver.step(objective, x, state)   # state.value == objective.value(x),
+                                                       # state.grad_zero == all(grad J(x) == 0)
     done, status = solver.terminate(objective, x_next, state)
 
 Contract (what the drivers rely on):
@@ -14,6 +15,11 @@ Contract (what the drivers rely on):
   the step's INPUT ``x`` (every solver evaluates it there anyway). The drivers use it for the
   history, ``tol`` and divergence (a non-finite value stops the row and returns the previous
   iterate), so solvers need not handle those.
+* ``state`` also has a boolean field ``grad_zero``: after ``step(objective, x, state)``, whether
+  every entry of ``grad J(x)`` at the step's input is exactly 0 (:func:`all_zero` of the
+  gradient the step computes anyway; ``False`` before the first step). The drivers stop a row
+  whose FIRST step reports it, with status ``'zero_gradient'`` (``'converged'`` when ``J(x) =
+  0``): from such a start no gradient-based step can move.
 * ``step`` returns a feasible ``x_next`` (inside the bounds when the objective has any).
 * ``terminate`` returns ``(done, status)``: a boolean scalar and an int32 status code from
   :mod:`inversion.result` (``CONVERGED`` or ``STALLED`` when done); the default never stops.
@@ -57,6 +63,12 @@ class Solver(abc.ABC):
     def check(self, objective: Objective) -> None:  # noqa: B027 (optional hook)
         """Raise ``ValueError`` if this solver cannot handle ``objective`` (called before any
         compilation by the engine); by default every objective is accepted."""
+
+
+def all_zero(grad: Array) -> Array:
+    """Whether every entry of ``grad`` is exactly 0 (``-0.0`` included): a boolean scalar, one
+    reduction over the gradient a step has already computed."""
+    return jnp.all(grad == 0)
 
 
 def inf_like(x: Array) -> Array:

@@ -10,7 +10,7 @@ from jaxtyping import Array
 
 from inversion.objective import Objective
 from inversion.result import CONVERGED, STALLED
-from inversion.solvers.base import RUNNING, Solver, inf_like
+from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 from inversion.solvers.levenberg_marquardt import (
     damped_step,
@@ -27,6 +27,7 @@ from inversion.solvers.linesearch import (
 
 class GaussNewtonState(NamedTuple):
     value: Array  # J at the last step's input (+inf before the first step)
+    grad_zero: Array  # grad J was exactly zero there (False before the first step)
     grad_norm: Array  # projected gradient norm there
     failed: Array  # the last line search found no decrease
     scale: Array  # the line search's scale (shrinks after a failure)
@@ -74,7 +75,8 @@ class GaussNewton(Solver):
 
     def init(self, objective: Objective, x: Array) -> GaussNewtonState:
         one = jnp.ones((), jnp.result_type(x))
-        return GaussNewtonState(inf_like(x), inf_like(x), jnp.zeros((), bool), one)
+        no = jnp.zeros((), bool)
+        return GaussNewtonState(inf_like(x), no, inf_like(x), no, one)
 
     def step(self, objective: Objective, x: Array, state: GaussNewtonState):
         model = gauss_newton_model(objective, x)
@@ -87,6 +89,7 @@ class GaussNewton(Solver):
         )
         return x_next, GaussNewtonState(
             model.value,
+            all_zero(g),
             projected_gradient_norm(objective, x, g),
             ~ok,
             next_scale(ok, state.scale, self.step_sizes),

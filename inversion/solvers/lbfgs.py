@@ -13,7 +13,7 @@ from jaxtyping import Array
 
 from inversion.objective import Objective
 from inversion.result import CONVERGED, STALLED
-from inversion.solvers.base import RUNNING, Solver, inf_like
+from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.linesearch import (
     MIN_SCALE,
     check_step_sizes,
@@ -25,6 +25,7 @@ from inversion.solvers.linesearch import (
 class LBFGSState(NamedTuple):
     memory: Any  # optax.scale_by_lbfgs state (past parameter and gradient differences)
     value: Array  # J at the last step's input (+inf before the first step)
+    grad_zero: Array  # grad J was exactly zero there (False before the first step)
     grad_norm: Array  # norm of the projected gradient there
     failed: Array  # the last line search found no decrease
     scale: Array  # the line search's scale (shrinks after a failure)
@@ -82,6 +83,7 @@ class LBFGS(Solver):
         return LBFGSState(
             memory=self._direction().init(x),
             value=inf_like(x),
+            grad_zero=jnp.zeros((), bool),
             grad_norm=inf_like(x),
             failed=jnp.zeros((), bool),
             scale=jnp.ones((), jnp.result_type(x)),
@@ -100,6 +102,7 @@ class LBFGS(Solver):
         return x_next, LBFGSState(
             memory=jax.tree.map(lambda new, old: jnp.where(ok, new, old), memory, state.memory),
             value=value,
+            grad_zero=all_zero(grad),
             grad_norm=projected_gradient_norm(objective, x, grad),
             failed=~ok,
             scale=next_scale(ok, state.scale, self.step_sizes),

@@ -24,12 +24,13 @@ from jaxtyping import Array
 
 from inversion.objective import Objective
 from inversion.result import CONVERGED, STALLED
-from inversion.solvers.base import RUNNING, Solver, inf_like
+from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 
 
 class LMState(NamedTuple):
     value: Array  # J at the last step's input (+inf before the first step)
+    grad_zero: Array  # grad J was exactly zero there (False before the first step)
     damping: Array  # lam of the next step
     first_damping: Array  # lam of the first step (the scale for max_damping)
     nu: Array  # Nielsen's growth factor for lam on rejection
@@ -168,6 +169,7 @@ class LevenbergMarquardt(Solver):
         lam = jnp.maximum(lam, jnp.finfo(dtype).tiny).astype(dtype)
         return LMState(
             value=inf_like(x),
+            grad_zero=jnp.zeros((), bool),
             damping=lam,
             first_damping=lam,
             nu=jnp.full((), 2.0, dtype),
@@ -192,6 +194,7 @@ class LevenbergMarquardt(Solver):
         new_nu = jnp.where(ok, 2.0, 2.0 * state.nu)
         return jnp.where(ok, x_c, x), LMState(
             value=model.value,
+            grad_zero=all_zero(model.grad),
             damping=new_lam.astype(lam.dtype),
             first_damping=state.first_damping,
             nu=new_nu.astype(lam.dtype),

@@ -6,16 +6,18 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from jaxtyping import Array
 
 from inversion.objective import Objective
-from inversion.solvers.base import Solver, inf_like
+from inversion.solvers.base import Solver, all_zero, inf_like
 
 
 class OptaxState(NamedTuple):
     opt_state: Any  # the optax transformation's state
     value: Array  # J at the last step's input (+inf before the first step)
+    grad_zero: Array  # grad J was exactly zero there (False before the first step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Optax(Solver):
             )
 
     def init(self, objective: Objective, x: Array) -> OptaxState:
-        return OptaxState(self.optimizer.init(x), inf_like(x))
+        return OptaxState(self.optimizer.init(x), inf_like(x), jnp.zeros((), bool))
 
     def step(self, objective: Objective, x: Array, state: OptaxState):
         value, grad = jax.value_and_grad(objective.value)(x)
@@ -50,4 +52,4 @@ class Optax(Solver):
         else:
             updates, opt_state = self.optimizer.update(grad, state.opt_state, x)
         x_next = objective.project(optax.apply_updates(x, updates))
-        return x_next, OptaxState(opt_state, value)
+        return x_next, OptaxState(opt_state, value, all_zero(grad))
