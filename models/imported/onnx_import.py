@@ -386,7 +386,7 @@ def from_onnx(path_or_model, *, layout: str = "NHWC", input_shape=None) -> Impor
     Example::
 
         model = models.from_onnx("detector.onnx")
-        logits, params = models.feature_fn(model, "conv2d_transpose_1.tmp_1")
+        logits, params = models.feature_fn(model, "p2o.Add.281")  # the value its Sigmoid reads
         result = inversion.invert_batch(lambda x: logits(params, x), targets)
     """
     layout = check_layout(layout)

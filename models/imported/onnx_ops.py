@@ -88,11 +88,42 @@ def _channel_bias(y, bias):
 # ---------------------------------------------------------------- convolution
 
 
+def _depthwise_taps(x, w, strides, dilations, pads):
+    """Depthwise 2-D cross-correlation (``group == c_in``, ``c_out = m c_in``) as a sum over the
+    kernel's taps of strided slices times per-channel weights:
+    ``y[b, o, i, j] = sum_{a, e} x_pad[b, o // m, s0 i + d0 a, s1 j + d1 e] w[o, 0, a, e]``.
+    Its input-gradient is slices and pads, where XLA:CPU's grouped-convolution gradient is
+    5-10x slower (4 x 192 x 16 x 16, 3x3: 26-38 ms against 5 ms on 2 cores)."""
+    c_out, _, kh, kw = w.shape
+    m = c_out // x.shape[1]
+    if m > 1:
+        x = jnp.repeat(x, m, axis=1)
+    x = jnp.pad(x, [(0, 0), (0, 0), *pads])
+    (s0, s1), (d0, d1) = strides, dilations
+    h = (x.shape[2] - (d0 * (kh - 1) + 1)) // s0 + 1
+    wd = (x.shape[3] - (d1 * (kw - 1) + 1)) // s1 + 1
+    w = w.astype(x.dtype)
+    y = 0
+    for a in range(kh):
+        for e in range(kw):
+            window = x[
+                :,
+                :,
+                d0 * a : d0 * a + s0 * (h - 1) + 1 : s0,
+                d1 * e : d1 * e + s1 * (wd - 1) + 1 : s1,
+            ]
+            y = y + window * w[:, 0, a, e][None, :, None, None]
+    return y
+
+
 def conv(ctx, inputs, attrs):
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     kernel = list(attrs.get("kernel_shape", w.shape[2:]))
     nd, strides, dilations, pads = _conv_geometry(x, attrs, kernel)
+    group = int(attrs.get("group", 1))
+    if nd == 2 and group > 1 and group == x.shape[1] and jax.default_backend() == "cpu":
+        return [_channel_bias(_depthwise_taps(x, w, strides, dilations, pads), bias)]
     y = lax.conv_general_dilated(
         x,
         w.astype(x.dtype),
@@ -140,6 +171,16 @@ def conv_transpose(ctx, inputs, attrs):
         pads = [(p[i], p[i + nd]) for i in range(nd)]
     c_in = w.shape[0]
     c_out_g = w.shape[1]
+    if (
+        nd == 2 and group == 1 and kernel == strides and dilations == [1, 1]
+        and pads == [(0, 0), (0, 0)] and out_pad == [0, 0]
+    ):  # fmt: skip
+        # kernel == stride, no padding: the output's s x s blocks do not overlap, so it is one
+        # matrix product and a depth-to-space reshape (no dilated convolution)
+        b, _, h, wd = x.shape
+        y = jnp.einsum("bchw,coae->bohawe", x, w.astype(x.dtype))
+        y = y.reshape(b, c_out_g, h * kernel[0], wd * kernel[1])
+        return [_channel_bias(y, bias)]
     # (c_in, c_out/g, k...) -> (g, c_out/g, c_in/g, k...) -> (c_out, c_in/g, k...), flipped.
     kern = w.reshape((group, c_in // group, c_out_g) + tuple(w.shape[2:]))
     kern = jnp.swapaxes(kern, 1, 2).reshape((group * c_out_g, c_in // group) + tuple(w.shape[2:]))
@@ -619,7 +660,12 @@ def resize(ctx, inputs, attrs):
             continue
         src = _source_coords(sizes[axis], x.shape[axis], scales[axis], coord)
         if mode == "nearest":
-            x = ctx.xp.take(x, _nearest(src, rule, x.shape[axis]), axis=axis)
+            index = _nearest(src, rule, x.shape[axis])
+            k = sizes[axis] // x.shape[axis]
+            if k >= 1 and np.array_equal(index, np.repeat(np.arange(x.shape[axis]), k)):
+                x = ctx.xp.repeat(x, k, axis=axis)  # integer upsampling: a cheap gradient
+            else:
+                x = ctx.xp.take(x, index, axis=axis)
             continue
         src = np.clip(src, 0, x.shape[axis] - 1)
         lo = np.floor(src).astype(np.int32)
