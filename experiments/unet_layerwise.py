@@ -18,20 +18,20 @@ of the same U-Net trained without skip connections (same data, steps and init ke
 
 (Adam, cosine-decayed learning rate 0.05; one start ``clip(0.5 + 0.1 N(0, I))`` shared by all
 rows; quick 2 images x 200 steps, default 6 images x 600 steps, full 12 images x 2,000
-steps). All (image, layer) pairs run as ONE batched engine call: ``fn`` maps ``x`` to all
-activations concatenated, and the loss is the normalised loss restricted to the row's layer (a
-one-hot layer selector is appended to each target). A row's objective is exactly that of
-inverting ``Phi_l`` alone, but the step compiles once instead of once per layer.
+steps). The algorithm is the library's, ``inversion.analysis.layerwise`` on
+``models.activations_fn(model)``: all (image, layer) pairs run as ONE batched engine call (a
+one-hot layer selector appended to each target restricts the normalised loss to the row's
+layer, so a row's objective is exactly that of inverting ``Phi_l`` alone, and the step
+compiles once), and one float64 Jacobian per input certifies every layer.
 
 Reported per layer (means over images; PSNR: median, since exact recoveries give ~150 dB): the
 normalised feature error, the image relative error ``||x_hat - x0|| / ||x0||`` and PSNR, and the
-float64 certificate of ``d Phi_l / d x`` at each ``x0`` (``inversion.analysis.certify_batch``,
-one Jacobian per input for all layers): the nullity at the three precisions of
+float64 certificate of ``d Phi_l / d x`` at each ``x0``: the nullity at the three precisions of
 ``inversion.analysis.PRECISIONS`` (exact ``max(m, n) eps_64``; float32 ``max(m, n) eps_32``;
 8-bit ``1/255``; each the largest over the images) and the largest condition number. Classes
-(:func:`classify`): ``lossy`` (exact nullity > 0: the network destroys input directions),
-``lost_below_float32`` (exact 0, float32 > 0), ``optimiser_limited`` (float32 nullity 0, image
-error > 0.1), ``lost_at_8bit`` and ``recovered`` (image error <= 0.1).
+(``inversion.analysis.CLASSES``): ``lossy`` (exact nullity > 0: the network destroys input
+directions), ``lost_below_float32`` (exact 0, float32 > 0), ``optimiser_limited`` (float32
+nullity 0, image error > 0.1), ``lost_at_8bit`` and ``recovered`` (image error <= 0.1).
 
 The reference rows (one per precision) state the U-Net *output* conclusion from
 ``experiments.unet_verdict``: certificates at full 32x32 test scenes for the seed U-Net and the
@@ -61,11 +61,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 import models
 from experiments.common import (
@@ -78,9 +74,7 @@ from experiments.common import (
 )
 from experiments.config import ExperimentConfig, select_profile
 from experiments.unet_verdict import describe, output_verdict, references
-from inversion.analysis import PRECISIONS, certify_batch, summarize
-from inversion.engine import invert_batch
-from inversion.metrics import psnr, relative_error
+from inversion.analysis import layerwise
 
 NAME = "unet_layerwise"
 SIZE = 16  # inputs: the centre SIZE x SIZE crops of test scenes (input dimension 256)
@@ -118,141 +112,40 @@ def trained_unet(*, skips: bool, train_profile: str = "default"):
     return trained_seed_unet(train_profile=train_profile, skips=skips)
 
 
-def stacked_features(model):
-    """``(feats, names)``: ``feats(x)`` maps one ``(H, W, C)`` input to all named activations,
-    flattened and concatenated in forward order (``names``)."""
-    names = models.layer_names(model)
-    graphdef, params = nnx.split(model)
-
-    def feats(x):
-        acts = nnx.merge(graphdef, params).features(x[None])
-        return jnp.concatenate([acts[n].ravel() for n in names])
-
-    return feats, names
-
-
-def _segments(model, names, shape) -> tuple[np.ndarray, dict]:
-    """Per entry of the stacked vector, the index of its layer; and each layer's shape."""
-    graphdef, params = nnx.split(model)
-    acts = jax.eval_shape(lambda x: nnx.merge(graphdef, params).features(x), jnp.zeros((1, *shape)))
-    shapes = {n: tuple(acts[n].shape[1:]) for n in names}
-    seg = np.concatenate([np.full(int(np.prod(shapes[n])), i) for i, n in enumerate(names)])
-    return seg.astype(np.int32), shapes
-
-
-def selected_layer_loss(segment: np.ndarray):
-    """Normalised loss on one layer of the stacked activations.
-
-    ``target = [Phi(x0) (all layers, D entries), onehot(l) (L entries)]``, ``pred = [Phi(x),
-    zeros(L)]``; with ``w_i = onehot[segment_i]`` the loss is
-    ``sum_i w_i (Phi_i(x) - Phi_i(x0))^2 / sum_i w_i Phi_i(x0)^2`` (denominator 1 if zero).
-    """
-    seg, d = jnp.asarray(segment), int(segment.size)
-
-    def loss(pred, target):
-        w = target[d:][seg]
-        feats = target[:d]
-        den = jnp.sum(w * feats**2)
-        return jnp.sum(w * (pred[:d] - feats) ** 2) / jnp.where(den > 0, den, 1.0)
-
-    return loss
-
-
-def _invert_layers(model, x_true, *, steps, lr, seed):
-    """Reconstruct every image from every layer; returns per-layer metrics and images."""
-    feats, names = stacked_features(model)
-    seg, shapes = _segments(model, names, x_true.shape[1:])
-    n_img, n_lay = x_true.shape[0], len(names)
-    phi0 = np.asarray(jax.jit(jax.vmap(feats))(x_true))  # (n_img, D)
-    onehot = np.tile(np.eye(n_lay, dtype=np.float32), (n_img, 1))
-    targets = np.concatenate([np.repeat(phi0, n_lay, axis=0), onehot], axis=1)
-    noise = np.random.default_rng(seed).normal(size=x_true.shape[1:])
-    start = np.clip(0.5 + 0.1 * noise, 0.0, 1.0).astype(np.float32)
-    result = invert_batch(
-        lambda x: jnp.concatenate([feats(x), jnp.zeros((n_lay,), x.dtype)]),
-        targets,
-        x0=np.broadcast_to(start, (n_img * n_lay, *start.shape)),
-        loss=selected_layer_loss(seg),
-        optimizer=optax.adam(optax.cosine_decay_schedule(lr, steps)),
-        steps=steps,
-        bounds=(0.0, 1.0),
+def _per_layer(layer) -> dict:
+    """One layer of ``inversion.analysis.layerwise``'s report as this experiment's metrics."""
+    row = {}
+    if layer.inverted:
+        row.update(
+            shape=list(layer.shape),
+            feature_error=layer.feature_error,
+            feature_error_per_image=layer.feature_error_per_input,
+            relative_error=layer.relative_error,
+            relative_error_per_image=layer.relative_error_per_input,
+            psnr=layer.psnr,  # median over images: exact recoveries give ~150 dB
+            psnr_per_image=layer.psnr_per_input,
+        )
+    row.update(
+        nullity=layer.nullity["exact"],
+        nullity_float32=layer.nullity["float32"],
+        nullity_8bit=layer.nullity["8-bit"],
+        condition_number=layer.condition_number,
+        sigma_min=layer.sigma_min,
+        n_in=layer.n_in,
+        n_out=layer.n_out,
+        nullity_per_image=layer.nullity_per_input,
     )
-    x_hat = np.asarray(result.x).reshape(n_img, n_lay, *x_true.shape[1:])
-    feat_err = np.asarray(result.loss).reshape(n_img, n_lay)  # the row's own objective
-    per_layer = {}
-    for i, name in enumerate(names):
-        img_err = relative_error(x_hat[:, i], x_true, reduce=False)
-        img_psnr = psnr(x_hat[:, i], x_true, reduce=False)
-        per_layer[name] = {
-            "shape": list(shapes[name]),
-            "feature_error": float(np.mean(feat_err[:, i])),
-            "feature_error_per_image": feat_err[:, i],
-            "relative_error": float(np.mean(img_err)),
-            "relative_error_per_image": img_err,
-            "psnr": float(np.median(img_psnr)),  # median: exact recoveries give ~150 dB
-            "psnr_per_image": img_psnr,
-        }
-    return names, per_layer, x_hat
+    return row
 
 
 def layer_certificates(model, inputs) -> dict:
-    """Per layer, the float64 certificate of ``d Phi_l / d x`` at every input
-    (``inversion.analysis.certify_batch`` on the dict of named activations: one Jacobian per
-    input, one certificate per layer), summarised over the inputs at the three precisions
-    (``inversion.analysis.summarize``): the largest nullity, the largest condition number and
-    the smallest ``sigma_min`` over the inputs."""
-    names = models.layer_names(model)
-    graphdef, params = nnx.split(model)
-
-    def layers(x):
-        acts = nnx.merge(graphdef, params).features(x[None])
-        return {n: acts[n][0] for n in names}
-
-    certs = certify_batch(layers, np.asarray(inputs, np.float32))
-    out = {}
-    for name in names:
-        s = summarize([c[name] for c in certs])
-        out[name] = {
-            "nullity": s["exact"]["max_nullity"],
-            "nullity_float32": s["float32"]["max_nullity"],
-            "nullity_8bit": s["8-bit"]["max_nullity"],
-            "condition_number": s["condition_number_range"][1],
-            "sigma_min": s["sigma_min_range"][0],
-            "n_in": s["n_in"],
-            "n_out": s["n_out"],
-            "nullity_per_image": {p: s[p]["nullity_per_input"] for p in PRECISIONS},
-        }
-    return out
-
-
-def classify(per_layer: dict) -> dict:
-    """The layers in each class, from their certificates and reconstruction errors:
-
-    * ``lossy``: exact nullity > 0 at some input (the network destroys input directions);
-    * ``lost_below_float32``: exact nullity 0 but float32 nullity > 0 (the directions exist
-      but no float32 computation can resolve them);
-    * ``optimiser_limited``: float32 nullity 0 (the input is determined even in float32), yet
-      the image error exceeds ``FAILED_ERROR``: the optimiser did not find it;
-    * ``lost_at_8bit``: nullity at 1/255 > 0 (not recoverable from 8-bit-accurate features);
-    * ``recovered``: image error <= ``FAILED_ERROR``.
-    """
-    layers = list(per_layer)
-    return {
-        "lossy": [n for n in layers if per_layer[n]["nullity"] > 0],
-        "lost_below_float32": [
-            n
-            for n in layers
-            if per_layer[n]["nullity"] == 0 and per_layer[n]["nullity_float32"] > 0
-        ],
-        "optimiser_limited": [
-            n
-            for n in layers
-            if per_layer[n]["nullity_float32"] == 0
-            and per_layer[n]["relative_error"] > FAILED_ERROR
-        ],
-        "lost_at_8bit": [n for n in layers if per_layer[n]["nullity_8bit"] > 0],
-        "recovered": [n for n in layers if per_layer[n]["relative_error"] <= FAILED_ERROR],
-    }
+    """Per layer, the float64 certificate of ``d Phi_l / d x`` at every input, summarised over
+    the inputs at the three precisions (``inversion.analysis.layerwise`` without inversion):
+    the largest nullity, the largest condition number and the smallest ``sigma_min``."""
+    report = layerwise(
+        models.activations_fn(model), np.asarray(inputs, np.float32), invert=False, bounds=None
+    )
+    return {layer.name: _per_layer(layer) for layer in report}
 
 
 def _order(results) -> list[str]:
@@ -324,17 +217,22 @@ def run(config: Config, out: pathlib.Path) -> dict:
         model, test_set, history = trained_unet(skips=skips, train_profile=config.train_profile)
         lo = (test_set.images.shape[1] - SIZE) // 2
         x_true = test_set.images[: config.images, lo : lo + SIZE, lo : lo + SIZE]
-        names, per_layer, images[variant] = _invert_layers(
-            model, x_true, steps=config.steps, lr=config.lr, seed=config.seed
+        noise = np.random.default_rng(config.seed).normal(size=x_true.shape[1:])
+        report = layerwise(
+            models.activations_fn(model),
+            np.asarray(x_true, np.float32),
+            steps=config.steps,
+            lr=config.lr,
+            start=np.clip(0.5 + 0.1 * noise, 0.0, 1.0).astype(np.float32),
+            bounds=(0.0, 1.0),
+            failed_error=FAILED_ERROR,
         )
-        certs = layer_certificates(model, x_true)
-        for name in names:
-            per_layer[name].update(certs[name])
+        images[variant] = report.x_hat
         results[variant] = {
-            "layers": names,
+            "layers": report.names,
             "test_dice": history["eval"][-1]["dice"],
-            "per_layer": per_layer,
-            **classify(per_layer),
+            "per_layer": {layer.name: _per_layer(layer) for layer in report},
+            **report.by_class(),
         }
     _plot_curves(
         directory / "layerwise_error.png",

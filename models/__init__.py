@@ -27,6 +27,7 @@ from models.imported import (
     from_onnx,
     from_torch,
 )
+from models.layer_fns import activations_fn
 from models.losses import dice, inverse_gain, iou, segmentation_loss
 from models.probes import ProbeParams, evaluate_probe, probe_predict, train_probe
 from models.pure import activations, count_parameters, feature_fn, layer_names, split
@@ -62,6 +63,7 @@ __all__ = [
     "TrainResult",
     "UNet",
     "activations",
+    "activations_fn",
     "cached_train",
     "conformance",
     "count_parameters",

@@ -12,6 +12,8 @@
   condition number, null space, input-error bound) that every rank statement comes from.
 * :mod:`~inversion.analysis.jacobian`: singular values, rank, nullity and log-volume of the
   Jacobian of any ``fn(x)`` (dense or matrix-free Lanczos).
+* :mod:`~inversion.analysis.layer_analysis`: :func:`layerwise`, every named layer of a network
+  certified at three precisions, inverted (one batched engine call) and classified.
 """
 
 from inversion.analysis.certificate import (
@@ -39,6 +41,14 @@ from inversion.analysis.jacobian import (
     layerwise_spectra,
     summarize_spectrum,
 )
+from inversion.analysis.layer_analysis import (
+    CLASSES,
+    LayerReport,
+    LayerwiseReport,
+    layer_selector_loss,
+    layer_shapes,
+    layerwise,
+)
 from inversion.analysis.pooling import (
     PoolingLoss,
     avg_unpool,
@@ -63,6 +73,12 @@ __all__ = [
     "certify_batch",
     "nullities",
     "summarize",
+    "CLASSES",
+    "LayerReport",
+    "LayerwiseReport",
+    "layer_selector_loss",
+    "layer_shapes",
+    "layerwise",
     "ConvSpectrum",
     "ErrorSplit",
     "JacobianSpectrum",

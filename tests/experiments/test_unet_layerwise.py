@@ -1,4 +1,5 @@
-"""Smoke run of unet_layerwise (quick sizes) and checks of its pieces: layers, ranks, loss.
+"""Smoke run of unet_layerwise (quick sizes): layers, ranks, classes, reference rows. Its
+algorithm, ``inversion.analysis.layerwise``, is tested in tests/inversion/analysis/.
 
 The experiments train (or restore) U-Nets through the model cache, one temporary folder per
 test run shared by the xdist workers (``conftest.py``), so the quick U-Nets are trained once per
@@ -12,7 +13,6 @@ import pathlib
 import sys
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 
@@ -72,25 +72,3 @@ def test_unet_layerwise_quick(tmp_path):
         lossy = verdict["per_precision"][p]["skips"]["lossy_scenes"]
         assert ref["agrees"] == all(n > 0 for n in lossy)
         assert ref["reproduced"]["lossy_scenes_per_key"] == lossy
-
-
-def test_layer_selector_loss_equals_normalized_loss():
-    """The stacked, one-hot-selected loss equals the normalised loss of the selected layer."""
-    import jax.numpy as jnp
-
-    from experiments.unet_layerwise import selected_layer_loss
-    from inversion.losses import normalized
-
-    rng = np.random.default_rng(0)
-    seg = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2], np.int32)
-    pred, target = rng.normal(size=9), rng.normal(size=9)
-    loss = selected_layer_loss(seg)
-    for layer in range(3):
-        sel = seg == layer
-        onehot = np.eye(3)[layer]
-        got = loss(
-            jnp.asarray(np.r_[pred, 0, 0, 0], jnp.float32),
-            jnp.asarray(np.r_[target, onehot], jnp.float32),
-        )
-        want = normalized(jnp.asarray(pred[sel]), jnp.asarray(target[sel]))
-        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
