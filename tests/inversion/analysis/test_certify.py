@@ -3,6 +3,8 @@ matrices, on a float32 network, matrix-free against dense, and bad input. Wide m
 Lanczos bounds and Certificate.split: test_certify_wide.py, test_certify_partial.py,
 test_certify_split.py."""
 
+import doctest
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -245,3 +247,10 @@ def test_fn_refusing_float64_falls_back_to_its_own_dtype_with_a_warning():
     with pytest.warns(RuntimeWarning, match="does not accept a float64 input"):
         cert = certify(conv, x)
     assert cert.jacobian_dtype == "float32" and cert.n_out == 32 and cert.n_in == 16
+
+
+def test_certificate_module_doctests():
+    from inversion.analysis import certificate
+
+    result = doctest.testmod(certificate)
+    assert result.attempted >= 5 and result.failed == 0

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inversion.analysis import certify, nullities, summarize
+from inversion.analysis import certify, jacobian_spectrum, nullities, summarize
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -109,3 +109,15 @@ def test_nullities_and_summary_print_bounds_as_bounds():
     assert plain["sigma_min_range"] == [full.sigma_min, full.sigma_min]
     with pytest.raises(TypeError, match="cert must be a Certificate"):
         nullities({"exact": 1})
+
+
+def test_jacobian_spectrum_lanczos_rank_needs_the_rest_of_the_spectrum_below_tol():
+    """jacobian_spectrum is a view of certify's Lanczos: diag(1, 1, 1, 0, ..., 0) on 50 inputs.
+    A repeated singular value defeats one Krylov space; the rank is declared exact only when
+    Gaussian probes of the complement of the Ritz vectors show the rest below tol."""
+    d = jnp.asarray(np.r_[np.ones(3), np.zeros(47)])
+    top2 = jacobian_spectrum(lambda x: d * x, jnp.zeros(50), method="lanczos", k=2)
+    assert top2.rank == 2 and not top2.complete  # a third 1 remains: a lower bound only
+    np.testing.assert_allclose(top2.singular_values, [1.0, 1.0], rtol=1e-12)
+    top4 = jacobian_spectrum(lambda x: d * x, jnp.zeros(50), method="lanczos", k=4)
+    assert top4.rank == 3 and top4.nullity == 47 and top4.complete
