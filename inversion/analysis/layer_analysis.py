@@ -338,7 +338,7 @@ def _default_start(shape, bounds, key, dtype):
     return np.clip(0.5 * (lo + hi) + 0.1 * noise, lo, hi).astype(dtype)
 
 
-def _invert(single, names, sizes, xs, *, steps, lr, optimizer, start, key, bounds, chunk, progress):
+def _invert(single, names, sizes, xs, *, steps, lr, optimizer, start, bounds, chunk, progress):
     """All (input, layer) pairs as one batched engine call; ``(feature error (N, L), x_hat
     (N, L, *shape))``."""
     n_img, n_lay, shape = xs.shape[0], len(names), xs.shape[1:]
@@ -351,15 +351,10 @@ def _invert(single, names, sizes, xs, *, steps, lr, optimizer, start, key, bound
     phi0 = np.asarray(jax.jit(jax.vmap(stacked))(xs))  # (N, D)
     onehot = np.tile(np.eye(n_lay, dtype=phi0.dtype), (n_img, 1))
     targets = np.concatenate([np.repeat(phi0, n_lay, axis=0), onehot], axis=1)
-    if start is None:
-        start = _default_start(shape, bounds, key, xs.dtype)
-    start = np.asarray(start, xs.dtype)
     if start.shape == shape:
         starts = np.broadcast_to(start, (n_img * n_lay, *shape))
-    elif start.shape == xs.shape:
-        starts = np.repeat(start, n_lay, axis=0)
     else:
-        raise ValueError(f"start must have shape {shape} or {xs.shape}, got {start.shape}")
+        starts = np.repeat(start, n_lay, axis=0)
     if optimizer is None:
         optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps))
     result = invert_batch(
@@ -459,6 +454,11 @@ def layerwise(
     if not (isinstance(failed_error, int | float) and failed_error >= 0):
         raise ValueError(f"failed_error must be a non-negative number, got {failed_error!r}")
     shape = xs.shape[1:]
+    if invert:
+        start = _default_start(shape, bounds, key, xs.dtype) if start is None else start
+        start = np.asarray(start, xs.dtype)
+        if start.shape not in (shape, xs.shape):
+            raise ValueError(f"start must have shape {shape} or {xs.shape}, got {start.shape}")
     all_shapes = _trace(features, shape, xs.dtype)
     names = _select(list(all_shapes), layers)
     sizes = [int(np.prod(all_shapes[name].shape[1:])) for name in names]
@@ -479,7 +479,6 @@ def layerwise(
             lr=lr,
             optimizer=optimizer,
             start=start,
-            key=key,
             bounds=bounds,
             chunk=chunk,
             progress=progress,
