@@ -605,9 +605,10 @@ def _golub_kahan(matvec, rmatvec, p: int, q: int, k: int, key, dtype):
     return alphas, betas, us, vs, last
 
 
-def _lanczos(fn, x, k, key, *, rtol, dtype, jacobian_dtype, input_dtype, vectors):
-    x64 = jnp.asarray(x, input_dtype)
-    m, n = int(math.prod(jax.eval_shape(fn, x64).shape)), int(x64.size)
+def _lanczos_builder(fn, x_shape, m, k, key, *, rtol, dtype, jacobian_dtype, input_dtype, vectors):
+    """``certify_one(x) -> Certificate`` by ``k`` Golub-Kahan steps (module docstring); one
+    compiled program serves every ``x`` of ``x_shape``."""
+    n = math.prod(x_shape)
     q = min(m, n)
     k = min(q, 256) if k is None else int(k)
     if k > q:
@@ -628,31 +629,37 @@ def _lanczos(fn, x, k, key, *, rtol, dtype, jacobian_dtype, input_dtype, vectors
         # A = J (tall) or J^T (wide): p x q with p >= q
         return _golub_kahan(jt if wide else j, j if wide else jt, max(m, n), q, k, key, x.dtype)
 
-    compiled = jax.jit(run).lower(x64, key).compile()
-    alphas, betas, us, vs, last = (np.asarray(a, np.float64) for a in compiled(x64, key))
-    b_small = np.diag(alphas) + np.diag(betas[:-1], 1)
-    if not (np.all(np.isfinite(b_small)) and np.isfinite(last)):
-        raise ValueError("the Jacobian of fn at x is not finite (NaN or inf entries)")
-    p_left, theta, qt = np.linalg.svd(b_small)
-    residuals = float(last) * np.abs(p_left[-1, :])
-    ritz = None
-    if vectors:  # J's right (Ritz) vectors: A's right ones (tall) or A's left ones (wide)
-        ritz = us.T @ p_left if wide else vs.T @ qt.T
-    return _certificate(
-        theta,
-        residuals,
-        ritz,
-        rtol=rtol,
-        n_in=n,
-        n_out=m,
-        dtype=dtype,
-        jacobian_dtype=jacobian_dtype,
-        method="lanczos",
-        complete=k == q,
-        x_shape=x64.shape,
-        storage_bytes=8 * k * (m + n),
-        block_bytes=_program_bytes(compiled, 1),
-    )
+    compiled = jax.jit(run).lower(jax.ShapeDtypeStruct(x_shape, input_dtype), key).compile()
+    block_bytes = _program_bytes(compiled, 1)
+
+    def certify_one(x):
+        out = compiled(jnp.asarray(x, input_dtype), key)
+        alphas, betas, us, vs, last = (np.asarray(a, np.float64) for a in out)
+        b_small = np.diag(alphas) + np.diag(betas[:-1], 1)
+        if not (np.all(np.isfinite(b_small)) and np.isfinite(last)):
+            raise ValueError("the Jacobian of fn at x is not finite (NaN or inf entries)")
+        p_left, theta, qt = np.linalg.svd(b_small)
+        residuals = float(last) * np.abs(p_left[-1, :])
+        ritz = None
+        if vectors:  # J's right (Ritz) vectors: A's right ones (tall) or A's left ones (wide)
+            ritz = us.T @ p_left if wide else vs.T @ qt.T
+        return _certificate(
+            theta,
+            residuals,
+            ritz,
+            rtol=rtol,
+            n_in=n,
+            n_out=m,
+            dtype=dtype,
+            jacobian_dtype=jacobian_dtype,
+            method="lanczos",
+            complete=k == q,
+            x_shape=x_shape,
+            storage_bytes=8 * k * (m + n),
+            block_bytes=block_bytes,
+        )
+
+    return certify_one
 
 
 def _default_rtol(m, n, dtype) -> float:
@@ -703,20 +710,19 @@ def _certify_all(fn, xs, *, rtol, method, k, key, dense_limit, block, vectors):
         if method == "auto":
             method = "dense" if m * n <= dense_limit else "lanczos"
         if method == "lanczos":
-            return [
-                _lanczos(
-                    fn,
-                    x,
-                    k,
-                    key,
-                    rtol=rtol,
-                    dtype=dtype,
-                    jacobian_dtype=jacobian_dtype,
-                    input_dtype=input_dtype,
-                    vectors=vectors,
-                )
-                for x in xs
-            ]
+            certify_one = _lanczos_builder(
+                fn,
+                shape,
+                m,
+                k,
+                key,
+                rtol=rtol,
+                dtype=dtype,
+                jacobian_dtype=jacobian_dtype,
+                input_dtype=input_dtype,
+                vectors=vectors,
+            )
+            return [certify_one(x) for x in xs]
         jac = _jacobian_builder(fn, shape, block, input_dtype)
         out = []
         for x in xs:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inversion.analysis import certify
+from inversion.analysis import certify, certify_batch
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -118,3 +118,19 @@ def test_repeated_singular_values_average_pooling(method):
     np.testing.assert_allclose(cert.singular_values, np.full(4, 0.5), rtol=1e-14)
     assert cert.complete and cert.nullity == 12 and cert.rank == 4
     assert np.all(np.isfinite(cert.residuals))
+
+
+def test_certify_batch_lanczos_equals_certify_per_row():
+    rng = np.random.default_rng(6)
+    a = jnp.asarray(rng.normal(size=(5, 12)))
+
+    def fn(x):
+        return jnp.tanh(a @ x)
+
+    xs = rng.normal(size=(3, 12))
+
+    for cert, x in zip(certify_batch(fn, xs, method="lanczos", k=3), xs, strict=True):
+        one = certify(fn, x, method="lanczos", k=3)
+        # the same compiled program and start vector: the same float64 Ritz values
+        np.testing.assert_allclose(cert.singular_values, one.singular_values, rtol=1e-13)
+        assert cert.nullity_lower == one.nullity_lower >= 7 and not cert.complete
