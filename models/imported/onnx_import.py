@@ -18,7 +18,7 @@ What happens to each value:
   ``jax.jit``. An input that must be static (a shape, axes, scales; ``onnx_ops.STATIC_INPUTS``)
   but depends on the input's values is refused at import, naming the node.
 * **Names.** ``layer_names`` are the outputs of the non-static nodes in graph order, then
-  ``'out'`` (the graph's first output). ``feature_fn(model, name)`` cuts the graph at any of
+  ``'out'``: the graph's first output, listed under that name only. ``feature_fn(model, name)`` cuts the graph at any of
   them, e.g. at the logits that feed a final ``Sigmoid``.
 
 Refused before anything runs (``ValueError`` naming op and node): an op outside
@@ -180,7 +180,8 @@ class _Graph:
         missing = [o for o in self.outputs if o not in dynamic]
         if missing:
             raise ValueError(f"graph outputs {missing} do not depend on the input")
-        self.names = [o for n in self.dynamic_nodes for o in n.output if o]
+        # the graph's (first) output is 'out'; its own value name is not listed twice
+        self.names = [o for n in self.dynamic_nodes for o in n.output if o and o != self.outputs[0]]
         self.dynamic = dynamic
 
     def forward(self, params, x, wanted):
