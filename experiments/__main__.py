@@ -48,6 +48,7 @@ EXPERIMENTS = (
     "invertible_baselines",
     "visualisation",
     "layer_probes",
+    "real_network",
 )
 
 

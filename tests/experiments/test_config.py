@@ -166,6 +166,32 @@ PINNED = {
             train_profile="default",
         ),
     },
+    "real_network": {
+        "quick": dict(
+            sizes=(32,),
+            scenes=1,
+            layers=3,
+            layer_steps=20,
+            steps=30,
+            lr=0.05,
+            tv_weight=0.01,
+            train_profile="quick",
+            init_keys=(0,),
+            verdict_scenes=2,
+        ),  # fmt: skip
+        "default": dict(
+            sizes=(32,),
+            scenes=1,
+            layers=6,
+            layer_steps=100,
+            steps=200,
+            lr=0.05,
+            tv_weight=0.01,
+            train_profile="default",
+            init_keys=(0, 1, 2),
+            verdict_scenes=6,
+        ),  # fmt: skip
+    },
 }
 
 
