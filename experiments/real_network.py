@@ -20,7 +20,8 @@ Seed question 003 ("how well does each layer invert?"). ``inversion.analysis.lay
 last activation at each resolution of the network (plus the logits): per layer the exact rank
 and visible fraction ``rank / n`` (the share of input directions the layer determines to first
 order), the nullity at the three precisions, and a reconstruction of the crop from that layer
-alone; the *collapse* layer is the first whose exact rank falls below ``n``.
+alone. The rank collapses between the last analysed layer of full rank (``collapse_after``)
+and the first analysed one below ``n`` (``collapse_layer``); ``--set layers=...`` narrows it.
 
 Reconstructions of a many-to-one map. For ``P`` the orthogonal projection onto the row space of
 ``J = d f / d x`` at the true crop ``x*`` (``Certificate.split``), an estimate ``x_hat`` from the
@@ -290,14 +291,22 @@ def run(config: Config, out: pathlib.Path) -> dict:
     print(report.table())
     n_in = x_rgb[0].size
     collapse = next((layer.name for layer in report if layer.rank["exact"] < n_in), None)
+    full_rank = [layer.name for layer in report if layer.rank["exact"] == n_in]
+    before = (
+        [n for n in full_rank if report.names.index(n) < report.names.index(collapse)]
+        if collapse
+        else []
+    )
     metrics["layers"] = report.rows()
     metrics["collapse_layer"] = collapse
+    # the rank falls somewhere after the last full-rank layer analysed, at or before `collapse`
+    metrics["collapse_after"] = before[-1] if before else None
     _plot_layers(
         directory / "layers.png",
         report,
         n_in,
         f"PP-OCRv4 detector, {size}x{size} RGB crops: what each layer determines "
-        f"(first rank collapse: {collapse})",
+        f"(rank < n from {collapse}; full rank up to {metrics['collapse_after']})",
     )
 
     # reconstructions: the detector (RGB) and the no-skip seed U-Net
@@ -372,9 +381,11 @@ def references(metrics: dict, size: int, n_in: int) -> list[dict]:
             source="experiments.unet_verdict (inversion.analysis.certify)",
         ),
         reference(
-            "the layer that explains the difference: the first whose exact rank is below n",
-            "a layer of the real network (none in the seed U-Net)",
-            metrics["collapse_layer"],
+            "where the real network's rank collapses: the first analysed layer whose exact rank "
+            "is below n (after the last analysed full-rank layer); the seed U-Net's output has "
+            "full rank",
+            "a layer of the real network",
+            {"first_below_n": metrics["collapse_layer"], "after": metrics["collapse_after"]},
             metrics["collapse_layer"] is not None,
             source="inversion.analysis.layerwise",
         ),
