@@ -161,11 +161,26 @@ def _errors(cert, x_hat, x_true, x0) -> dict:
     vis, lost = cert.split(np.asarray(x_hat, np.float64) - x_true)
     vis0, lost0 = cert.split(np.asarray(x0, np.float64) - x_true)
     mse = float(np.mean((np.asarray(x_hat, np.float64) - x_true) ** 2))
+    scale = np.linalg.norm(np.asarray(x0, np.float64) - x_true)
+
+    def ratio(part, part0):  # None when the start has no such part (full rank: nothing lost)
+        norm0 = np.linalg.norm(part0)
+        return float(np.linalg.norm(part) / norm0) if norm0 > 1e-9 * scale else None
+
     return {
         "psnr": 10 * np.log10(1.0 / max(mse, 1e-30)),
-        "visible_error": float(np.linalg.norm(vis) / max(np.linalg.norm(vis0), 1e-300)),
-        "lost_error": float(np.linalg.norm(lost) / max(np.linalg.norm(lost0), 1e-300)),
+        "visible_error": ratio(vis, vis0),
+        "lost_error": ratio(lost, lost0),
     }
+
+
+def _medians(rows: list[dict]) -> dict:
+    """Per key, the median over rows (``None`` where a row has none)."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = float(np.median(values)) if len(values) == len(rows) else None
+    return out
 
 
 def reconstructions(fn, x_true, *, config: Config) -> dict:
@@ -207,12 +222,8 @@ def reconstructions(fn, x_true, *, config: Config) -> dict:
         method: [_errors(c, xh, xt, s) for c, xh, xt, s in zip(certs, xs, x_true, x0, strict=True)]
         for method, xs in out.items()
     }
-    summary = {
-        method: {key: float(np.median([r[key] for r in rows])) for key in rows[0]}
-        for method, rows in scores.items()
-    }
-    start = [_errors(c, s, xt, s) for c, xt, s in zip(certs, x_true, x0, strict=True)]
-    summary["start"] = {key: float(np.median([r[key] for r in start])) for key in start[0]}
+    scores["start"] = [_errors(c, s, xt, s) for c, xt, s in zip(certs, x_true, x0, strict=True)]
+    summary = {method: _medians(rows) for method, rows in scores.items()}
     lost = np.stack([c.split(xt - s)[1] for c, xt, s in zip(certs, x_true, x0, strict=True)])
     return {"x": {k: np.asarray(v) for k, v in out.items()}, "lost": lost, "summary": summary}
 
@@ -239,7 +250,8 @@ def _plot_reconstructions(path, x_true, recon, title):
                 ax.set_title(name, fontsize=8)
             if name in recon["summary"]:
                 s = recon["summary"][name]
-                ax.set_xlabel(f"{s['psnr']:.1f} dB, vis {s['visible_error']:.2f}", fontsize=6)
+                vis = "-" if s["visible_error"] is None else f"{s['visible_error']:.2f}"
+                ax.set_xlabel(f"{s['psnr']:.1f} dB, vis {vis}", fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title, fontsize=9)

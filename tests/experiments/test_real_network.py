@@ -47,3 +47,16 @@ def test_resolution_changes_picks_stage_ends():
     }
     assert real_network.resolution_changes(shapes, 8) == ["s1b", "down", "up"]
     assert real_network.resolution_changes(shapes, 2) == ["s1b", "up"]
+
+
+def test_full_rank_map_has_no_lost_part():
+    """An invertible linear map determines everything: the recoverable point is the truth and
+    the lost-part errors are None (the start has no null-space part), not 0/0."""
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.standard_normal((12, 12)) + 4 * np.eye(12))
+    fn = lambda x: a @ x.reshape(-1)  # noqa: E731
+    x_true = rng.uniform(0.2, 0.8, (1, 2, 2, 3)).astype(np.float32)
+    out = real_network.reconstructions(fn, x_true, config=real_network.Config(steps=5))
+    s = out["summary"]
+    assert s["recoverable"]["visible_error"] < 1e-6 and s["recoverable"]["psnr"] > 100
+    assert all(s[m]["lost_error"] is None for m in s)
