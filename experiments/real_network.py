@@ -241,7 +241,10 @@ def _plot_reconstructions(path, x_true, recon, title):
         for c, (name, image) in enumerate(zip(columns, images, strict=True)):
             ax = axes[r, c]
             if name == "lost part":
-                scale = float(np.max(np.abs(image))) or 1.0
+                scale = float(np.max(np.abs(image)))
+                if scale < 1e-9:  # full rank: nothing is lost (float64 rounding only)
+                    image, scale = np.zeros_like(image), 1.0
+                    ax.set_xlabel("none (full rank)", fontsize=6)
                 im = ax.imshow(np.mean(image, axis=-1), cmap="RdBu_r", vmin=-scale, vmax=scale)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             else:
