@@ -1,8 +1,10 @@
 """The seed questions on a real pretrained network: what its output determines, layer by layer.
 
 Command:  python -m experiments.real_network [--out results] [--quick | --full] [--set k=v ...]
-Runtime (2-core CPU): see the closing figures of ``metrics.json`` (``seconds``); the default
-profile is sized for about 3 minutes, ``--full`` adds 64x64 certificates (minutes each).
+Runtime (2-core AMD EPYC VM): default 121 s in a fresh-clone ``make reproduce`` (10 min 53 s
+for everything, install included), 217 s run alone (it then trains or loads the seed U-Nets
+itself); ``metrics.json`` records ``seconds``. ``--full`` adds 64x64 certificates (minutes
+each; not yet measured).
 
 The network: the PP-OCRv4 text detector that the ``rapidocr-onnxruntime`` wheel ships (a
 MobileNet-style backbone, an FPN neck, a head with transposed convolutions; 1.17 M weights),
