@@ -33,11 +33,13 @@ Limits (what torchax cannot turn into a JAX function, or what this import does n
   ``.numpy()``, data-dependent shapes such as ``torch.unique``) needs concrete values, and the
   forward is always traced (it is jit-compiled even for an eager call). Control flow on
   shapes and Python attributes is fine (it is fixed in the trace).
-* An op torchax has no lowering for, a tensor created inside ``forward`` from Python data
-  (``torch.zeros(...)`` without the input's device: a plain torch tensor mixed with torchax
-  ones), or control flow on tensor values is refused by ``from_torch`` itself, which traces
-  the whole forward abstractly once (``jax.eval_shape``, nothing runs) and raises
-  ``ValueError`` naming the innermost submodule and torchax's or JAX's message.
+* Tensors created inside ``forward`` (``torch.arange``, ``torch.zeros``, ``torch.tensor``)
+  are JAX ones: the forward runs under ``torch.device('jax')``. One made on an explicit
+  ``device='cpu'`` stays a torch tensor and cannot mix with the traced ones.
+* An op torchax has no lowering for, such a CPU tensor, or control flow on tensor values is
+  refused by ``from_torch`` itself, which traces the whole forward abstractly once
+  (``jax.eval_shape``, nothing runs) and raises ``ValueError`` naming the innermost submodule
+  and torchax's or JAX's message.
 * Training mode is refused (batch norm would use batch statistics and update its running
   buffers, dropout is random): call ``module.eval()`` first. Buffer updates made inside
   ``forward`` are never written back.
@@ -235,7 +237,7 @@ def _check_traceable(forward, params, x_native: np.ndarray, module) -> None:
         raise ValueError(
             f"the module cannot be traced as a JAX function by torchax {torchax.__version__}, "
             f"{where}: {type(err).__name__}: {first} (an op without a JAX lowering, a tensor "
-            "created inside forward without the input's device, or control flow on tensor "
+            "created inside forward on an explicit CPU device, or control flow on tensor "
             "values; see models.imported.torch_import)"
         ) from err
     finally:
@@ -275,7 +277,7 @@ def _make_forward(jm: JittableModule, env, paths: Mapping[str, torch.nn.Module])
                 warnings.filterwarnings(
                     "ignore", message="Explicitly requested dtype int64", category=UserWarning
                 )
-                with env:
+                with env, torch.device("jax"):  # tensors made inside forward are JAX ones
                     out = jm.functional_call("forward", p, b, xt)
             captured[OUTPUT] = env.t2j_iso(out)
         except _Captured:
