@@ -37,20 +37,6 @@ import numpy as np
 from inversion import cpu_devices
 
 
-def detector_path() -> str:
-    import rapidocr_onnxruntime
-
-    return os.path.join(
-        os.path.dirname(rapidocr_onnxruntime.__file__), "models", "ch_PP-OCRv4_det_infer.onnx"
-    )
-
-
-def logits_name(proto) -> str:
-    """The value the graph's final Sigmoid reads: the detector's logit map."""
-    (sigmoid,) = [n for n in proto.graph.node if n.op_type == "Sigmoid"]
-    return sigmoid.input[0]
-
-
 def problem(size: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """``(x_true, x0)``: ``batch`` crops of the page along its diagonal, and the grey start."""
     from skimage import data
@@ -151,30 +137,26 @@ def evaluation_rate(step, seconds: float = 3.0) -> float:
 
 def visible_errors(fn, x_hat, x_true, x0) -> np.ndarray:
     """Per row, ``||P (x_hat - x*)|| / ||P (x0 - x*)||`` with ``P`` the projection onto the row
-    space of ``J`` at ``x*`` (``Certificate.split``): the error in the part the output
+    space of ``J`` at ``x*`` (``Certificate.part_errors``): the error in the part the output
     determines, relative to the start's."""
     from inversion.analysis import certify
 
-    out = []
-    for xh, xt, s in zip(x_hat, x_true, x0, strict=True):
-        cert = certify(fn, xt, vectors=True)
-        vis, _ = cert.split(np.asarray(xh, np.float64) - xt)
-        vis0, _ = cert.split(np.asarray(s, np.float64) - xt)
-        out.append(np.linalg.norm(vis) / np.linalg.norm(vis0))
-    return np.asarray(out)
+    rows = zip(x_hat, x_true, x0, strict=True)
+    return np.asarray(
+        [certify(fn, xt, vectors=True).part_errors(xh, xt, s)[0] for xh, xt, s in rows]
+    )
 
 
 def measure(*, size: int, batch: int, budget_s: float, lr: float, visible: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
-    import onnx
     import torch
 
     import models
+    from models import pretrained
 
-    proto = onnx.load(detector_path())
-    name = logits_name(proto)
-    model = models.from_onnx(proto)
+    model, name = pretrained.text_detector()
+    proto = model.reference._model
     logits, params = models.feature_fn(model, name)
     f_batch = jax.jit(lambda x: logits(params, x))
     fn = lambda x: logits(params, x[None])[0]  # noqa: E731

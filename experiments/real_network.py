@@ -68,9 +68,9 @@ from inversion.analysis import (
     layerwise,
     summarize,
 )
+from models import pretrained
 
 NAME = "real_network"
-DETECTOR = ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx")
 #: Figures measured by hand on this network before the import existed (the issue's text):
 #: exact nullity of the logits' Jacobian at 32x32 on crops of skimage's page.
 HAND_MEASURED = {"rgb": 2688, "grey": 640}
@@ -113,17 +113,6 @@ def get_config(profile: str = "default") -> Config:
     )
 
 
-def detector():
-    """``(model, logits_name)``: the pretrained detector and the value its Sigmoid reads."""
-    import importlib
-    import os
-
-    package = importlib.import_module(DETECTOR[0])
-    model = models.from_onnx(os.path.join(os.path.dirname(package.__file__), DETECTOR[1]))
-    sigmoid = [n for n in model.reference._model.graph.node if n.op_type == "Sigmoid"]
-    return model, sigmoid[-1].input[0]
-
-
 def page_crops(size: int, count: int) -> np.ndarray:
     """``count`` ``size x size`` crops of ``skimage.data.page()`` along its diagonal, in [0, 1]."""
     from skimage import data
@@ -160,19 +149,12 @@ def resolution_changes(shapes: dict, most: int) -> list[str]:
 
 def _errors(cert, x_hat, x_true, x0) -> dict:
     """PSNR and the visible / lost relative errors of ``x_hat`` (module docstring)."""
-    vis, lost = cert.split(np.asarray(x_hat, np.float64) - x_true)
-    vis0, lost0 = cert.split(np.asarray(x0, np.float64) - x_true)
     mse = float(np.mean((np.asarray(x_hat, np.float64) - x_true) ** 2))
-    scale = np.linalg.norm(np.asarray(x0, np.float64) - x_true)
-
-    def ratio(part, part0):  # None when the start has no such part (full rank: nothing lost)
-        norm0 = np.linalg.norm(part0)
-        return float(np.linalg.norm(part) / norm0) if norm0 > 1e-9 * scale else None
-
+    visible, lost = cert.part_errors(x_hat, x_true, x0)
     return {
         "psnr": 10 * np.log10(1.0 / max(mse, 1e-30)),
-        "visible_error": ratio(vis, vis0),
-        "lost_error": ratio(lost, lost0),
+        "visible_error": visible,
+        "lost_error": lost,
     }
 
 
@@ -287,7 +269,7 @@ def _plot_layers(path, report, n_in, title):
 def run(config: Config, out: pathlib.Path) -> dict:
     start_time = time.perf_counter()
     directory = experiment_dir(out, NAME)
-    model, logits_name = detector()
+    model, logits_name = pretrained.text_detector()
     logits, params = models.feature_fn(model, logits_name)
     metrics: dict = {"network": repr(model), "logits": logits_name, "certificates": {}}
     for size in config.sizes:

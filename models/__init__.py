@@ -1,6 +1,6 @@
 """Everything with weights: pure layers, Flax NNX models, data, training, checkpoints."""
 
-from models import data, layers, probes
+from models import data, layers, pretrained, probes
 from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
 from models.decoder import Decoder
 from models.dense import MLP, Linear
@@ -79,6 +79,7 @@ __all__ = [
     "layer_names",
     "layers",
     "probe_predict",
+    "pretrained",
     "probes",
     "restore_model",
     "save_model",

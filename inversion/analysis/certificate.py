@@ -255,6 +255,26 @@ class Certificate(NamedTuple):
         visible = (flat @ basis) @ basis.T
         return visible.reshape(d.shape), (flat - visible).reshape(d.shape)
 
+    def part_errors(
+        self, x_hat, x_true, x_start, *, rtol: float | None = None
+    ) -> tuple[float | None, float | None]:
+        """``(visible, lost)`` relative errors of an estimate: ``||P (x_hat - x_true)|| /
+        ||P (x_start - x_true)||`` and the same with ``I - P`` (:meth:`split`). 0 is exact, 1
+        is no better than the start. ``None`` where the start has no such part (a full-rank
+        ``J`` loses nothing: its lost part is float64 rounding, below ``1e-9`` of the start's
+        distance)."""
+        truth = np.asarray(x_true, dtype=np.float64)
+        start = np.asarray(x_start, dtype=np.float64)
+        parts = self.split(np.asarray(x_hat, dtype=np.float64) - truth, rtol=rtol)
+        parts0 = self.split(start - truth, rtol=rtol)
+        scale = np.linalg.norm(start - truth)
+
+        def ratio(part, part0):
+            norm0 = np.linalg.norm(part0)
+            return float(np.linalg.norm(part) / norm0) if norm0 > 1e-9 * scale else None
+
+        return ratio(parts[0], parts0[0]), ratio(parts[1], parts0[1])
+
     def recoverable(self, x_true, x_start, *, rtol: float | None = None) -> np.ndarray:
         """``x_start + P (x_true - x_start)``: the best input that first-order information about
         ``fn(x_true)`` recovers from ``x_start`` (the row-space component of the difference is

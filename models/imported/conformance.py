@@ -82,7 +82,7 @@ def _check(model, x, dtypes, directions) -> tuple[np.ndarray, tuple[str, ...]]:
         )
     if isinstance(dtypes, str):
         dtypes = (dtypes,)
-    dtypes = tuple(str(np.dtype(d)) if d in DTYPES else d for d in dtypes)
+    dtypes = tuple(dtypes)
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise ValueError(f"dtypes must be a non-empty subset of {DTYPES}, got {dtypes!r}")

@@ -207,9 +207,7 @@ def conv_transpose(ctx, inputs, attrs):
 
 def _pool_geometry(x, attrs):
     kernel = list(attrs["kernel_shape"])
-    nd, _, dilations, pads = _conv_geometry(x, attrs, kernel)
-    strides = list(attrs.get("strides", [1] * nd))
-    pads = _spatial_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    _, strides, dilations, pads = _conv_geometry(x, attrs, kernel)
     extra = []
     for size, k, s, d, (b, e) in zip(x.shape[2:], kernel, strides, dilations, pads, strict=True):
         span = size + b + e - ((k - 1) * d + 1)

@@ -337,9 +337,8 @@ def test_invert_batch_on_an_imported_network():
 
 @pytest.fixture(scope="module")
 def detector():
-    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
-    path = os.path.join(os.path.dirname(rapidocr.__file__), "models", "ch_PP-OCRv4_det_infer.onnx")
-    return models.from_onnx(path)
+    pytest.importorskip("rapidocr_onnxruntime")
+    return models.pretrained.text_detector()[0]
 
 
 def test_pretrained_text_detector_conforms(detector):

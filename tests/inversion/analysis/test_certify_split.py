@@ -98,3 +98,20 @@ def test_split_refuses_what_it_cannot_answer():
     partial = certify(lambda x: jnp.asarray(np.eye(4)) @ x, np.zeros(4), method="lanczos", k=2)
     with pytest.raises(ValueError, match="needs the complete spectrum"):
         partial.row_space()
+
+
+def test_part_errors_against_numpy_projections():
+    """A = rank-2 wide map: visible/lost errors equal the NumPy projections' norm ratios; a
+    full-rank map has no lost part (None)."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 5))
+    cert = certify(lambda x: jnp.asarray(a) @ x, jnp.zeros(5), vectors=True)
+    p = np.linalg.pinv(a) @ a
+    x_true, x_start, x_hat = (rng.standard_normal(5) for _ in range(3))
+    visible, lost = cert.part_errors(x_hat, x_true, x_start)
+    d, d0 = x_hat - x_true, x_start - x_true
+    np.testing.assert_allclose(visible, np.linalg.norm(p @ d) / np.linalg.norm(p @ d0), rtol=1e-10)
+    q = np.eye(5) - p
+    np.testing.assert_allclose(lost, np.linalg.norm(q @ d) / np.linalg.norm(q @ d0), rtol=1e-10)
+    square = certify(lambda x: jnp.asarray(a[:, :2]) @ x, jnp.zeros(2), vectors=True)
+    assert square.part_errors(x_hat[:2], x_true[:2], x_start[:2])[1] is None
