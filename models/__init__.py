@@ -1,7 +1,8 @@
 """Everything with weights: pure layers, Flax NNX models, data, training, checkpoints."""
 
 from models import data, layers, pretrained, probes
-from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
+from models.cache import cached_train
+from models.checkpoint import CheckpointError, restore_model, save_model
 from models.decoder import Decoder
 from models.dense import MLP, Linear
 from models.flows import (

@@ -195,7 +195,7 @@ class TrainResult:
 
     ``history``: ``{"step": [1, …, T], "loss": [train loss per step], "eval": [{"step", "loss",
     "dice", "iou"} per evaluation], "seconds": wall-clock training time}`` (JSON-serialisable).
-    ``from_cache`` is True when `models.checkpoint.cached_train` restored instead of training.
+    ``from_cache`` is True when `models.cache.cached_train` restored instead of training.
     """
 
     model: nnx.Module

@@ -1,5 +1,5 @@
 """Tests of models.checkpoint: exact round trips, clear errors for missing, mismatched and
-corrupted checkpoints, and the trained-model cache."""
+corrupted checkpoints; and of the trained-model cache (models.cache)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from models.cache import cache_key, cached_train
 from models.checkpoint import (
     CheckpointError,
     available_steps,
-    cache_key,
-    cached_train,
     load_metadata,
     restore_model,
     restore_tree,

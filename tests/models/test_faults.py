@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models.checkpoint import CheckpointError, cached_train, restore_model, save_model
+from models.cache import cached_train
+from models.checkpoint import CheckpointError, restore_model, save_model
 from models.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ COMMON = f"import sys; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}
 CONCURRENT = COMMON + textwrap.dedent(
     """
     import json, os, pathlib, sys, time
-    from models.checkpoint import cached_train
+    from models.cache import cached_train
 
     cache, go = sys.argv[1], pathlib.Path(sys.argv[2])
     print("READY", flush=True)
