@@ -33,9 +33,9 @@ import optax
 from jaxtyping import Array, Float
 
 from inversion import cpu_devices
-from inversion import engine_checks as chk
+from inversion import checks as chk
 from inversion import regularizers as regs
-from inversion.engine_run import solve_cost, solve_rows
+from inversion.driver import solve_cost, solve_rows
 from inversion.loop import Problem
 from inversion.losses import LossFn, get_loss
 from inversion.result import ZERO_GRADIENT, Result
@@ -387,7 +387,7 @@ def invert_batch(
         chunk: solve at most this many targets (times restarts) at once; results are identical.
             ``None``: all at once on accelerators, at most 64 rows (targets × restarts) per
             device at a time on CPU, where larger batches cost more per target (see
-            :mod:`inversion.engine_run`).
+            :mod:`inversion.driver`).
         mesh: a ``jax.sharding.Mesh``; rows are sharded along the leading axis over all of its
             devices (``NamedSharding(mesh, P(mesh.axis_names))``), padded to a multiple of the
             device count. With several processes (after ``jax.distributed.initialize``) pass the

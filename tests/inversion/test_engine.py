@@ -11,7 +11,7 @@ import pytest
 from inversion import engine
 from inversion.closed_form import affine_inverse
 from inversion.engine import invert, invert_batch
-from inversion.engine_run import programs
+from inversion.driver import programs
 from inversion.loop import Problem, init_state, make_step
 from inversion.losses import mse
 from inversion.regularizers import l2_prior

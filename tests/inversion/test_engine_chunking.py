@@ -12,7 +12,7 @@ import pytest
 
 from inversion.cpu_devices import MIN_ROWS_PER_DEVICE
 from inversion.engine import invert_batch, step_cost
-from inversion.engine_run import CPU_CHUNK_ROWS, chunking
+from inversion.driver import CPU_CHUNK_ROWS, chunking
 from inversion.loop import Problem
 from inversion.losses import mse
 from inversion.solvers import Optax
