@@ -9,10 +9,13 @@ same program on the same rows either way.
 
 Layout of ``out_dir`` (readable with NumPy alone)::
 
-    manifest.json                   the options' fingerprint, chunk size, and per chunk its
-                                    rows and the SHA-256 of each of its files
+    manifest.json                   format version, the options' fingerprint, chunk size, the
+                                    writing run's id, and per chunk its rows and the SHA-256
+                                    of each of its files
     chunk-000000-p000.npz           rows, x, loss, residual, steps, status_code of chunk 0
     ...                             (p: the process that wrote it)
+    .lock                           the writer lock (never deleted, so every run locks the
+                                    same file)
 
 Every file is written to a temporary name and renamed into place (atomic on POSIX), and the
 manifest is rewritten (the same way) only after a chunk's files are complete, so a SIGKILL at
@@ -28,6 +31,30 @@ global ``Mesh``; each process writes the rows its devices computed (``-pNNN`` fi
 checksums are gathered, and process 0 writes the one manifest. ``out_dir`` must be on a file
 system every process sees (a shared file system on a cluster). Results are bitwise identical
 to one process with as many devices: each device runs the same program on the same rows.
+
+One writer at a time. A run holds an exclusive, non-blocking ``fcntl.flock`` on
+``out_dir/.lock`` from its start (before ``fn`` is traced) to its end; a second run on the same
+``out_dir`` (another process, or another call in this one) is refused at once with a
+``ValueError`` naming ``out_dir`` and the holder, and writes nothing. In a run of several
+processes, process 0 takes the lock and the others go on only when the first collective says
+their own process 0 holds it. The kernel drops the lock when its holder exits, also on SIGKILL.
+Where ``flock`` does not exist or does not work (not POSIX, some network file systems), a
+second check keeps results apart: the run claims the manifest with a random run id (a new
+manifest is created exclusively, with ``os.link``), and before every later write it re-reads
+the manifest and stops with a ``ValueError`` if another run's id is there. A chunk file that
+the other run overwrote no longer matches its checksum, which loading detects.
+
+Checks before work: ``out_dir`` is created and probed for writing (by every process) before
+anything is traced or compiled; each batch of an iterable must have the first batch's trailing
+shape (a ``ValueError`` names the batch index and both shapes); a non-finite target is refused
+with its global row index, before its chunk is solved.
+
+Checks on load (:func:`load_dataset_result`, and the :class:`DatasetResult` that
+:func:`invert_dataset` returns): a manifest of another format version, with overlapping chunks
+or with chunks that do not match ``chunk_rows``, is refused with a ``ValueError``; a chunk
+whose files are missing counts as not done (``complete`` is then False, ``missing`` lists its
+rows); every file is checked against its SHA-256 when a field first reads it (a ``ValueError``
+names the file), and the rows it holds must be the chunk's rows.
 """
 
 from __future__ import annotations
@@ -35,10 +62,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import io
 import itertools
 import json
 import os
 import pathlib
+import secrets
+import socket
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -52,7 +83,13 @@ from inversion.engine import invert_batch, resolve_solver
 from inversion.objective import Objective
 from inversion.result import STATUS_NAMES
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock; the run id in the manifest still keeps runs apart
+    fcntl = None
+
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 FIELDS = ("x", "loss", "residual", "steps", "status_code")
 VERSION = 1
 _OPTIONS = frozenset(inspect.signature(invert_batch).parameters) - {"fn", "targets", "progress"}
@@ -142,17 +179,29 @@ def _targets_sha(batch: np.ndarray) -> str:
 
 def _batches(targets, chunk_rows: int) -> Iterator[np.ndarray]:
     """Chunks of ``chunk_rows`` rows (the last may be shorter) from an array, a memmap or an
-    iterable of batches (re-cut to the chunk size)."""
+    iterable of batches (re-cut to the chunk size; every batch must have the first one's
+    trailing shape)."""
     if isinstance(targets, np.ndarray | jax.Array):
         for start in range(0, targets.shape[0], chunk_rows):
             yield np.asarray(targets[start : start + chunk_rows])
         return
     pending: list[np.ndarray] = []
     have = 0
-    for batch in targets:
+    first_shape = None
+    for i, batch in enumerate(targets):
         batch = np.asarray(batch)
         if batch.ndim < 1:
-            raise ValueError(f"every batch of targets needs a leading axis, got {batch.shape}")
+            raise ValueError(
+                f"targets batch {i} has shape {batch.shape}; every batch of targets needs a "
+                "leading (row) axis"
+            )
+        if first_shape is None:
+            first_shape = batch.shape
+        elif batch.shape[1:] != first_shape[1:]:
+            raise ValueError(
+                f"targets batch {i} has shape {batch.shape}, batch 0 has {first_shape}; every "
+                f"batch must hold rows of shape {first_shape[1:]}"
+            )
         pending.append(batch)
         have += batch.shape[0]
         while have >= chunk_rows:
@@ -162,6 +211,19 @@ def _batches(targets, chunk_rows: int) -> Iterator[np.ndarray]:
             pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
     if have:
         yield np.concatenate(pending, axis=0)
+
+
+def _check_finite(batch: np.ndarray, start: int) -> None:
+    """A ``ValueError`` naming the global row index of the first non-finite target."""
+    if not np.issubdtype(batch.dtype, np.inexact):
+        return
+    finite = np.isfinite(batch.reshape(batch.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"targets row {start + row} holds a non-finite value (NaN or inf); every target "
+            "must be finite"
+        )
 
 
 def _owned_rows(a: jax.Array) -> np.ndarray:
@@ -209,30 +271,235 @@ def _all_agree(flag: bool) -> bool:
     return bool(np.all(flags))
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def _on_process0(action, out_dir: pathlib.Path) -> None:
+    """Run ``action`` on process 0; every process raises if it failed (one collective)."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            action()
+        except (OSError, ValueError) as err:
+            error = err
+    if not _all_agree(error is None):
+        raise error or ValueError(
+            f"process 0 failed to write {out_dir / MANIFEST} (see its error); this run stops"
+        )
 
-        multihost_utils.sync_global_devices(name)
+
+def _try_flock(fd: int) -> bool:
+    """An exclusive, non-blocking ``flock`` on ``fd``; False when another open file holds it.
+    True where there is no ``flock`` (then only the run id keeps runs apart)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without flock
+        return True
+    return True
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # drops the flock
+
+
+def _acquire(out_dir: pathlib.Path, run_id: str) -> int:
+    """Create ``out_dir`` and take its writer lock; the descriptor holds it until closed."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ValueError(f"out_dir {out_dir} cannot be created or written: {err}") from err
+    if not _try_flock(fd):
+        holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(
+            f"out_dir {out_dir} is being written by another run ({holder}); refusing to mix "
+            "results: wait for that run to end, or use another out_dir"
+        )
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} run {run_id}".encode(), 0)
+    except OSError:
+        pass  # the holder's name is only for the message above
+    return fd
+
+
+def _open_out_dir(out_dir: pathlib.Path, run_id: str) -> int | None:
+    """Process 0 creates ``out_dir`` and takes its writer lock; then every process checks that
+    it can write there. Returns the lock's descriptor on process 0 (None on the others);
+    raises the same ``ValueError`` on every process if any step fails."""
+    fd, error = None, None
+    if jax.process_index() == 0:
+        try:
+            fd = _acquire(out_dir, run_id)
+        except ValueError as err:
+            error = err
+    if not _all_agree(error is None):  # the others go on only under their own run's lock
+        raise error or ValueError(
+            f"out_dir {out_dir}: process 0 could not take the writer lock (see its error)"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        error = ValueError(
+            f"out_dir {out_dir} is not writable by process {jax.process_index()}: {err}"
+        )
+    if not _all_agree(error is None):
+        _release(fd)
+        raise error or ValueError(f"out_dir {out_dir} is not writable by another process")
+    if fd is not None:
+        for stale in out_dir.glob(".*.tmp-*"):  # left by a killed run (we hold the lock)
+            stale.unlink(missing_ok=True)
+    return fd
+
+
+def _claim(out_dir: pathlib.Path, manifest: dict, previous: dict | None) -> None:
+    """Write ``manifest`` (whose ``writer`` is this run's id) as the run's first write: a new
+    manifest is created exclusively; an existing one must still be the one read before."""
+    path = out_dir / MANIFEST
+    data = json.dumps(manifest, indent=1).encode()
+    if previous is None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        _atomic_write_bytes(tmp, data)
+        try:
+            os.link(tmp, path)  # fails if another run created it meanwhile
+        except FileExistsError:
+            raise ValueError(
+                f"out_dir {out_dir} is being written by another run (it created {MANIFEST} "
+                "meanwhile); refusing to mix results: use another out_dir"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    current = _read_manifest(out_dir)
+    if current is None or current.get("writer") != previous.get("writer"):
+        raise ValueError(
+            f"out_dir {out_dir} is being written by another run ({path} changed meanwhile); "
+            "refusing to mix results: use another out_dir"
+        )
+    _atomic_write_bytes(path, data)
+
+
+def _write_manifest(out_dir: pathlib.Path, manifest: dict) -> None:
+    """Replace the manifest, after checking that it is still this run's (same ``writer``)."""
+    current = _read_manifest(out_dir)
+    if current is None or current.get("writer") != manifest["writer"]:
+        other = None if current is None else current.get("writer")
+        raise ValueError(
+            f"{out_dir / MANIFEST} was taken over by another run (writer {other}) while this "
+            f"run ({manifest['writer']}) was writing it; this run stops so that results are "
+            "not mixed: use another out_dir"
+        )
+    _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_manifest(path: pathlib.Path, m: Any) -> dict:
+    """``m`` if it is a manifest this code wrote (version, chunk rows, file names, checksums,
+    no overlapping chunks), else a ``ValueError`` naming what is wrong."""
+
+    def bad(what: str):
+        return ValueError(f"{path} is not a valid invert_dataset manifest: {what}")
+
+    if not isinstance(m, dict):
+        raise bad(f"expected a JSON object, got {type(m).__name__}")
+    if m.get("version") != VERSION:
+        raise ValueError(
+            f"{path} has format version {m.get('version')!r}; this code reads version "
+            f"{VERSION}: read it with the version that wrote it, or solve into another out_dir"
+        )
+    chunk_rows, n_rows, chunks = m.get("chunk_rows"), m.get("n_rows"), m.get("chunks")
+    if not _is_int(chunk_rows) or chunk_rows < 1:
+        raise bad(f"chunk_rows is {chunk_rows!r}; expected an int >= 1")
+    if n_rows is not None and (not _is_int(n_rows) or n_rows < 0):
+        raise bad(f"n_rows is {n_rows!r}; expected an int >= 0 or null")
+    if not isinstance(chunks, dict):
+        raise bad(f"chunks is {type(chunks).__name__}; expected an object")
+    spans = []
+    for key, entry in chunks.items():
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        if not key.isdigit():
+            raise bad(f"chunk key {key!r} is not a chunk index")
+        if not (
+            isinstance(rows, list) and len(rows) == 2 and all(map(_is_int, rows))
+            and 0 <= rows[0] < rows[1]
+        ):  # fmt: skip
+            raise bad(f"chunk {key} has rows {rows!r}; expected [start, stop], 0 <= start < stop")
+        files = entry.get("files")
+        if not isinstance(files, dict) or not files:
+            raise bad(f"chunk {key} lists no files")
+        for name, digest in files.items():
+            if pathlib.PurePath(name).name != name or name.startswith(".") or name == MANIFEST:
+                raise bad(f"chunk {key} names the file {name!r}; expected a chunk file name")
+            if not (
+                isinstance(digest, str) and len(digest) == 64
+                and all(ch in "0123456789abcdef" for ch in digest)
+            ):  # fmt: skip
+                raise bad(f"chunk {key} file {name} has checksum {digest!r}; expected SHA-256")
+        spans.append((rows[0], rows[1], int(key)))
+    spans.sort()
+    for (a0, b0, k0), (a1, b1, k1) in zip(spans, spans[1:], strict=False):
+        if a1 < b0:
+            raise ValueError(
+                f"{path}: chunks {k0} (rows {a0}..{b0 - 1}) and {k1} (rows {a1}..{b1 - 1}) "
+                "overlap; refusing to return rows twice: the manifest was edited or damaged"
+            )
+    for a, b, k in spans:
+        if a != k * chunk_rows or b - a > chunk_rows:
+            raise bad(
+                f"chunk {k} records rows {a}..{b - 1}; with chunk_rows={chunk_rows} it holds "
+                f"at most {chunk_rows} rows from row {k * chunk_rows}"
+            )
+        if n_rows is not None and b > n_rows:
+            raise bad(f"chunk {k} records rows up to {b - 1}, beyond n_rows={n_rows}")
+    return m
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetResult:
     """The results in ``out_dir``, read lazily (each property loads the chunk files).
 
-    ``x``, ``loss``, ``residual``, ``steps``, ``status_code`` (and ``status``, the names) hold
-    the finished rows in row order; ``done`` their row indices; ``complete`` whether every
-    chunk of the run is finished (``n_rows`` is known once the targets have been read to the
-    end).
+    The manifest is checked when the object is made (format version, chunk rows, no
+    overlapping chunks: else a ``ValueError``). A chunk counts as done when all its files
+    exist. ``done`` holds the done rows' indices in increasing order, and ``x``, ``loss``,
+    ``residual``, ``steps``, ``status_code`` (and ``status``, the names) their values in the
+    same order; ``missing`` the rows not done (of ``n_rows``, or up to the last recorded row
+    while ``n_rows`` is unknown); ``complete`` whether the run finished and every row is done
+    (``n_rows`` is known once the targets have been read to the end). Every file is checked
+    against its SHA-256 in the manifest the first time a field reads it (again if it changes
+    on disk), and must hold exactly its chunk's rows: else a ``ValueError`` naming the file.
     """
 
     out_dir: pathlib.Path
     manifest: dict
+    _verified: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                        compare=False)  # fmt: skip
+
+    def __post_init__(self):
+        object.__setattr__(self, "out_dir", pathlib.Path(self.out_dir))
+        _check_manifest(self.out_dir / MANIFEST, self.manifest)
+
+    def _chunks(self) -> list[tuple[int, dict]]:
+        """The manifest's chunks whose files all exist, in row order."""
+        chunks = sorted((int(k), v) for k, v in self.manifest["chunks"].items())
+        return [(k, v) for k, v in chunks if all((self.out_dir / f).is_file() for f in v["files"])]
 
     @property
     def done(self) -> np.ndarray:
-        rows = [np.arange(*c["rows"]) for _, c in sorted(self._chunks())]
+        rows = [np.arange(*c["rows"]) for _, c in self._chunks()]
         return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+    @property
+    def missing(self) -> np.ndarray:
+        ends = [c["rows"][1] for c in self.manifest["chunks"].values()]
+        n = self.n_rows if self.n_rows is not None else max(ends, default=0)
+        return np.setdiff1d(np.arange(n), self.done)
 
     @property
     def n_rows(self) -> int | None:
@@ -240,21 +507,47 @@ class DatasetResult:
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete")) and len(self.done) == self.n_rows
+        return (
+            self.manifest.get("complete") is True and self.n_rows is not None
+            and len(self.done) == self.n_rows
+        )  # fmt: skip
 
-    def _chunks(self):
-        return [(int(k), v) for k, v in self.manifest.get("chunks", {}).items()]
+    def _open(self, file: str, digest: str):
+        """The ``np.load`` of one chunk file, its SHA-256 checked unless already checked for
+        the same file on disk (inode, size, mtime)."""
+        path = self.out_dir / file
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._verified.get(file) == key:
+            return np.load(path)
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise ValueError(
+                f"{path} does not match its SHA-256 in {self.out_dir / MANIFEST}: it is "
+                "damaged or was written by another run; run invert_dataset again to solve its "
+                "chunk again"
+            )
+        self._verified[file] = key
+        return np.load(io.BytesIO(raw))
 
     def _field(self, name: str) -> np.ndarray:
         parts = []
-        for _, chunk in sorted(self._chunks()):
+        for c, chunk in self._chunks():
             pieces = []
-            for file in chunk["files"]:
-                with np.load(self.out_dir / file) as data:
+            for file, digest in chunk["files"].items():
+                with self._open(file, digest) as data:
                     pieces.append((data["rows"], data[name]))
             rows = np.concatenate([p[0] for p in pieces])
             values = np.concatenate([p[1] for p in pieces])
-            parts.append(values[np.argsort(rows, kind="stable")])
+            order = np.argsort(rows, kind="stable")
+            if len(values) != len(rows) or not np.array_equal(
+                rows[order], np.arange(*chunk["rows"])
+            ):
+                raise ValueError(
+                    f"the files of chunk {c} in {self.out_dir} ({', '.join(chunk['files'])}) do "
+                    f"not hold exactly its rows {chunk['rows'][0]}..{chunk['rows'][1] - 1}"
+                )
+            parts.append(values[order])
         if not parts:
             return np.zeros((0,))
         return np.concatenate(parts)
@@ -285,17 +578,22 @@ class DatasetResult:
 
 
 def _read_manifest(out_dir: pathlib.Path) -> dict | None:
+    """The checked manifest in ``out_dir`` (see :func:`_check_manifest`), or None if none."""
     path = out_dir / MANIFEST
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:  # only a foreign file: ours is replaced atomically
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # ours is replaced atomically
         raise ValueError(f"{path} is not a manifest written by invert_dataset: {err}") from err
+    return _check_manifest(path, manifest)
 
 
 def load_dataset_result(out_dir: str | os.PathLike) -> DatasetResult:
-    """The (finished or partial) results of :func:`invert_dataset` in ``out_dir``."""
+    """The (finished or partial) results of :func:`invert_dataset` in ``out_dir``.
+
+    Raises ``ValueError`` when ``out_dir`` holds no manifest, or one of another format
+    version, or a damaged one (see :class:`DatasetResult` for the checks on reading)."""
     out_dir = pathlib.Path(out_dir)
     manifest = _read_manifest(out_dir)
     if manifest is None:
@@ -367,6 +665,19 @@ def invert_dataset(
                 f"x0 has {np.shape(x0_all)[0]} starts for {targets.shape[0]} targets; "
                 "expected one per target"
             )
+    run_id = secrets.token_hex(8)
+    lock = _open_out_dir(out_dir, run_id)  # before anything is traced or compiled
+    try:
+        return _invert_locked(fn, targets, out_dir, chunk_rows, progress, x0_shared, x0_all,
+                              run_id, invert_options)  # fmt: skip
+    finally:
+        _release(lock)
+
+
+def _invert_locked(
+    fn, targets, out_dir, chunk_rows, progress, x0_shared, x0_all, run_id, invert_options
+) -> DatasetResult:
+    """The body of :func:`invert_dataset`, run while this run holds ``out_dir``'s lock."""
     if jax.process_count() > 1 and invert_options.get("mesh") is None:
         invert_options["mesh"] = jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
     n_rows = int(targets.shape[0]) if isinstance(targets, np.ndarray | jax.Array) else None
@@ -384,21 +695,24 @@ def invert_dataset(
     fp = fingerprint(fn, first[0], chunk_rows=chunk_rows, **fingerprint_options)
 
     process = jax.process_index()
-    if process == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".*.tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-    _sync("invert_dataset:mkdir")
-    manifest = _read_manifest(out_dir)
-    if manifest is not None and manifest.get("fingerprint") != fp:
+    previous = _read_manifest(out_dir)
+    if previous is not None and previous.get("fingerprint") != fp:
         raise ValueError(
             f"{out_dir / MANIFEST} was written by a run with different options (fn, solver, "
-            f"steps, key, starts or chunk_rows={manifest.get('chunk_rows')}); refusing to mix "
+            f"steps, key, starts or chunk_rows={previous.get('chunk_rows')}); refusing to mix "
             "results: use another out_dir or the same options"
         )
-    if manifest is None:
+    if previous is None:
         manifest = {"version": VERSION, "fingerprint": fp, "chunk_rows": chunk_rows,
                     "n_rows": n_rows, "processes": jax.process_count(), "chunks": {}}  # fmt: skip
+    else:
+        manifest = json.loads(json.dumps(previous))
+        if n_rows is not None:  # chunks beyond this run's rows are stale (a longer run's)
+            for stale in [k for k, e in manifest["chunks"].items() if e["rows"][1] > n_rows]:
+                manifest["chunks"].pop(stale)
+        manifest["n_rows"] = n_rows
+    manifest.update(writer=run_id, complete=False)
+    _on_process0(lambda: _claim(out_dir, manifest, previous), out_dir)
     bar = tqdm(total=n_rows, disable=not progress, desc="invert_dataset", unit="target")
 
     def solve_chunk(c: int, batch: np.ndarray) -> None:
@@ -422,13 +736,12 @@ def invert_dataset(
             "targets_sha256": _targets_sha(batch),
             "files": files,
         }
-        if process == 0:
-            _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
-        _sync(f"invert_dataset:chunk{c}")
+        _on_process0(lambda: _write_manifest(out_dir, manifest), out_dir)
 
     c = -1
     try:
         for c, batch in enumerate(itertools.chain([first], chunks)):
+            _check_finite(batch, c * chunk_rows)
             mine = [f"chunk-{c:06d}-p{process:03d}.npz"]
             entry = manifest["chunks"].get(str(c))
             if entry is not None and entry.get("targets_sha256") != _targets_sha(batch):
@@ -445,18 +758,16 @@ def invert_dataset(
                     f"chunk {c} of {out_dir}: a file is missing or does not match its checksum; "
                     "solving it again",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             manifest["chunks"].pop(str(c), None)  # missing or corrupted: solve it again
             solve_chunk(c, batch)
             bar.update(batch.shape[0])
     finally:
         bar.close()
-    total = sum(e["rows"][1] - e["rows"][0] for e in manifest["chunks"].values())
-    manifest.update(n_rows=total if n_rows is None else n_rows, complete=True)
     for stale in [k for k in manifest["chunks"] if int(k) > c]:  # from a longer earlier run
         manifest["chunks"].pop(stale)
-    if process == 0:
-        _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
-    _sync("invert_dataset:done")
+    total = sum(e["rows"][1] - e["rows"][0] for e in manifest["chunks"].values())
+    manifest.update(n_rows=total if n_rows is None else n_rows, complete=True)
+    _on_process0(lambda: _write_manifest(out_dir, manifest), out_dir)
     return DatasetResult(out_dir, manifest)

@@ -56,9 +56,9 @@ def test_chunks_equal_invert_batch_on_the_same_rows(tmp_path):
     again = load_dataset_result(tmp_path)
     assert_same(again, res)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["chunk-000000-p000.npz", "chunk-000001-p000.npz", "chunk-000002-p000.npz",
-                     "manifest.json"]  # fmt: skip
-    with np.load(tmp_path / files[1]) as data:  # readable with NumPy alone
+    assert files == [".lock", "chunk-000000-p000.npz", "chunk-000001-p000.npz",
+                     "chunk-000002-p000.npz", "manifest.json"]  # fmt: skip
+    with np.load(tmp_path / "chunk-000001-p000.npz") as data:  # readable with NumPy alone
         np.testing.assert_array_equal(data["rows"], [4, 5, 6, 7])
 
 
@@ -200,3 +200,66 @@ def test_a_shared_start_equals_the_same_start_given_per_target(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         invert_dataset(fn, TARGETS, out_dir=tmp_path / "b", x0_shared=start,
                        x0=np.zeros((11, 3), np.float32), **kw)  # fmt: skip
+
+
+# One writer at a time.
+
+
+def test_a_second_writer_is_refused_at_once_and_writes_nothing(tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    traced = []
+
+    def spy(x):
+        traced.append(1)
+        return fn(x)
+
+    with open(out / ".lock", "a+b") as holder:  # another run holds the lock
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="being written by another run") as err:
+            invert_dataset(spy, TARGETS, out_dir=out, chunk_rows=4, **{**KW, "steps": 16})
+        assert str(out) in str(err.value)
+        assert not traced and sorted(p.name for p in out.iterdir()) == [".lock"]
+    res = invert_dataset(fn, TARGETS, out_dir=out, chunk_rows=4, **KW)  # released: works
+    assert res.complete
+
+
+def test_two_concurrent_runs_with_other_steps_never_mix(tmp_path):
+    """A second run started while the first is mid-run (here from inside the first's stream
+    of targets: another open file, as another process would have) is refused; the first ends
+    with its own results only."""
+    ref = invert_dataset(fn, TARGETS, out_dir=tmp_path / "ref", chunk_rows=4, **KW)
+    out = tmp_path / "out"
+    refused = []
+
+    def batches():
+        yield TARGETS[:4]
+        with pytest.raises(ValueError, match="being written by another run") as err:
+            invert_dataset(fn, TARGETS, out_dir=out, chunk_rows=4, **{**KW, "steps": 16})
+        refused.append(str(err.value))
+        yield TARGETS[4:]
+
+    res = invert_dataset(fn, batches(), out_dir=out, chunk_rows=4, **KW)
+    assert refused and str(out) in refused[0]
+    assert res.complete
+    assert_same(res, ref)
+    assert_same(load_dataset_result(out), ref)
+
+
+def test_a_run_that_loses_its_manifest_to_another_writer_stops(tmp_path):
+    """Without flock (some network file systems), the run id in the manifest still keeps two
+    writers apart: a run whose manifest was claimed by another stops at its next write."""
+    out = tmp_path / "out"
+
+    def batches():
+        yield TARGETS[:4]
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["writer"] = "another-run"
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        yield TARGETS[4:8]
+
+    with pytest.raises(ValueError, match="taken over by another run"):
+        invert_dataset(fn, batches(), out_dir=out, chunk_rows=4, **KW)
+    assert json.loads((out / "manifest.json").read_text())["writer"] == "another-run"
