@@ -11,7 +11,9 @@ Drive one with :func:`inversion.solve` (pure, traceable) or pass it to
 :func:`inversion.invert` / :func:`inversion.invert_batch` as ``solver=``.
 """
 
+from inversion.solvers.active_set import ActiveSetPolish, ActiveSetState
 from inversion.solvers.base import RUNNING, Solver
+from inversion.solvers.cached_lbfgs import CachedLBFGS, CachedLBFGSState
 from inversion.solvers.gauss_newton import GaussNewton, GaussNewtonState
 from inversion.solvers.lbfgs import LBFGS, LBFGSState
 from inversion.solvers.levenberg_marquardt import LevenbergMarquardt, LMState
@@ -19,6 +21,10 @@ from inversion.solvers.optax_solver import Optax, OptaxState
 
 __all__ = [
     "LBFGS",
+    "ActiveSetPolish",
+    "ActiveSetState",
+    "CachedLBFGS",
+    "CachedLBFGSState",
     "RUNNING",
     "GaussNewton",
     "GaussNewtonState",
