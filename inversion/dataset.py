@@ -67,6 +67,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import secrets
 import socket
 import tempfile
@@ -90,6 +91,7 @@ except ImportError:  # not POSIX: no flock; the run id in the manifest still kee
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+_SHA256 = re.compile("[0-9a-f]{64}")
 FIELDS = ("x", "loss", "residual", "steps", "status_code")
 VERSION = 1
 _OPTIONS = frozenset(inspect.signature(invert_batch).parameters) - {"fn", "targets", "progress"}
@@ -318,11 +320,11 @@ def _acquire(out_dir: pathlib.Path, run_id: str) -> int:
             f"out_dir {out_dir} is being written by another run ({holder}); refusing to mix "
             "results: wait for that run to end, or use another out_dir"
         )
-    try:
+    try:  # who holds it, for the message above (flock only exists where pwrite does)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} run {run_id}".encode(), 0)
-    except OSError:
-        pass  # the holder's name is only for the message above
+    except (OSError, AttributeError):
+        pass
     return fd
 
 
@@ -385,9 +387,9 @@ def _claim(out_dir: pathlib.Path, manifest: dict, previous: dict | None) -> None
 
 def _write_manifest(out_dir: pathlib.Path, manifest: dict) -> None:
     """Replace the manifest, after checking that it is still this run's (same ``writer``)."""
-    current = _read_manifest(out_dir)
-    if current is None or current.get("writer") != manifest["writer"]:
-        other = None if current is None else current.get("writer")
+    current = _read_manifest(out_dir, check=False)
+    if not isinstance(current, dict) or current.get("writer") != manifest["writer"]:
+        other = current.get("writer") if isinstance(current, dict) else None
         raise ValueError(
             f"{out_dir / MANIFEST} was taken over by another run (writer {other}) while this "
             f"run ({manifest['writer']}) was writing it; this run stops so that results are "
@@ -437,10 +439,7 @@ def _check_manifest(path: pathlib.Path, m: Any) -> dict:
         for name, digest in files.items():
             if pathlib.PurePath(name).name != name or name.startswith(".") or name == MANIFEST:
                 raise bad(f"chunk {key} names the file {name!r}; expected a chunk file name")
-            if not (
-                isinstance(digest, str) and len(digest) == 64
-                and all(ch in "0123456789abcdef" for ch in digest)
-            ):  # fmt: skip
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
                 raise bad(f"chunk {key} file {name} has checksum {digest!r}; expected SHA-256")
         spans.append((rows[0], rows[1], int(key)))
     spans.sort()
@@ -577,8 +576,9 @@ class DatasetResult:
         return np.asarray(STATUS_NAMES)[self.status_code]
 
 
-def _read_manifest(out_dir: pathlib.Path) -> dict | None:
-    """The checked manifest in ``out_dir`` (see :func:`_check_manifest`), or None if none."""
+def _read_manifest(out_dir: pathlib.Path, *, check: bool = True) -> dict | None:
+    """The manifest in ``out_dir``, checked by :func:`_check_manifest` unless ``check`` is
+    False, or None if there is none."""
     path = out_dir / MANIFEST
     if not path.exists():
         return None
@@ -586,7 +586,7 @@ def _read_manifest(out_dir: pathlib.Path) -> dict | None:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # ours is replaced atomically
         raise ValueError(f"{path} is not a manifest written by invert_dataset: {err}") from err
-    return _check_manifest(path, manifest)
+    return _check_manifest(path, manifest) if check else manifest
 
 
 def load_dataset_result(out_dir: str | os.PathLike) -> DatasetResult:
@@ -643,7 +643,10 @@ def invert_dataset(
         A :class:`DatasetResult` (what :func:`load_dataset_result` returns for ``out_dir``).
 
     Raises:
-        ValueError: bad options, or a manifest in ``out_dir`` from different options.
+        ValueError: bad options; ``out_dir`` being written by another run, or not writable
+            (both before ``fn`` is traced); a batch of targets of another width (naming its
+            index); a non-finite target (naming its row); a manifest in ``out_dir`` from
+            different options, another format version, or damaged.
         KeyboardInterrupt: after the finished chunks are saved (the chunk in flight is lost).
     """
     unknown = set(invert_options) - _OPTIONS

@@ -263,3 +263,107 @@ def test_a_run_that_loses_its_manifest_to_another_writer_stops(tmp_path):
     with pytest.raises(ValueError, match="taken over by another run"):
         invert_dataset(fn, batches(), out_dir=out, chunk_rows=4, **KW)
     assert json.loads((out / "manifest.json").read_text())["writer"] == "another-run"
+
+
+# Checks on load.
+
+
+def _edit_manifest(out, change):
+    manifest = json.loads((out / "manifest.json").read_text())
+    change(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_manifest_of_another_version_is_refused(tmp_path):
+    invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    _edit_manifest(tmp_path, lambda m: m.update(version=99))
+    with pytest.raises(ValueError, match="version 99; this code reads version 1"):
+        load_dataset_result(tmp_path)
+    with pytest.raises(ValueError, match="version 99"):
+        invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+
+
+def test_overlapping_chunks_are_refused_and_gaps_are_missing_rows(tmp_path):
+    invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    saved = (tmp_path / "manifest.json").read_text()
+    _edit_manifest(tmp_path, lambda m: m["chunks"]["1"].update(rows=[2, 6]))
+    with pytest.raises(ValueError, match=r"chunks 0 \(rows 0..3\) and 1 \(rows 2..5\) overlap"):
+        load_dataset_result(tmp_path)
+    (tmp_path / "manifest.json").write_text(saved)
+    _edit_manifest(tmp_path, lambda m: m["chunks"].pop("1"))  # a gap, still marked complete
+    res = load_dataset_result(tmp_path)
+    assert not res.complete
+    assert list(res.missing) == [4, 5, 6, 7] and list(res.done) == [0, 1, 2, 3, 8, 9, 10]
+    assert res.x.shape == (7, 3)
+
+
+def test_another_runs_chunk_file_is_refused_on_load(tmp_path):
+    invert_dataset(fn, TARGETS, out_dir=tmp_path / "a", chunk_rows=4, **KW)
+    invert_dataset(fn, TARGETS, out_dir=tmp_path / "b", chunk_rows=4, **{**KW, "steps": 16})
+    name = "chunk-000001-p000.npz"
+    (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
+    res = load_dataset_result(tmp_path / "a")
+    assert res.complete  # cheap: the files exist; their contents are checked when read
+    for field in ("x", "status"):
+        with pytest.raises(ValueError, match=f"{name} does not match its SHA-256"):
+            getattr(res, field)
+
+
+def test_a_deleted_chunk_file_makes_the_result_incomplete(tmp_path):
+    full = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    ref = fields(full)
+    (tmp_path / "chunk-000002-p000.npz").unlink()
+    assert not full.complete and list(full.missing) == [8, 9, 10]
+    res = load_dataset_result(tmp_path)
+    assert not res.complete and list(res.done) == list(range(8))
+    np.testing.assert_array_equal(res.x, ref["x"][:8])
+    with pytest.warns(RuntimeWarning, match="chunk 2"):
+        again = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
+    assert again.complete and len(again.missing) == 0
+    np.testing.assert_array_equal(again.x, ref["x"])
+
+
+# Errors before work, naming what is wrong.
+
+
+def _spy():
+    traced = []
+
+    def spy(x):
+        traced.append(1)
+        return fn(x)
+
+    return spy, traced
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_before_anything_is_traced(tmp_path):
+    spy, traced = _spy()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out_dir .*file/out cannot be created or written"):
+        invert_dataset(spy, TARGETS, out_dir=tmp_path / "file" / "out", chunk_rows=4, **KW)
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        (ro / ".lock").touch()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(ValueError, match="out_dir .*ro is not writable"):
+                invert_dataset(spy, TARGETS, out_dir=ro, chunk_rows=4, **KW)
+        finally:
+            ro.chmod(0o755)
+    assert not traced
+
+
+def test_batches_of_other_widths_are_named(tmp_path):
+    batches = [TARGETS[:3], TARGETS[3:5], np.zeros((2, 5), np.float32)]
+    with pytest.raises(ValueError, match=r"batch 2 has shape \(2, 5\), batch 0 has \(3, 4\)"):
+        invert_dataset(fn, iter(batches), out_dir=tmp_path, chunk_rows=4, **KW)
+
+
+def test_a_non_finite_target_names_its_row(tmp_path):
+    bad = TARGETS.copy()
+    bad[9, 2] = np.nan
+    with pytest.raises(ValueError, match="targets row 9 holds a non-finite value"):
+        invert_dataset(fn, bad, out_dir=tmp_path / "a", chunk_rows=4, **KW)
+    with pytest.raises(ValueError, match="targets row 9 holds a non-finite value"):
+        invert_dataset(fn, iter([bad[:6], bad[6:]]), out_dir=tmp_path / "b", chunk_rows=4, **KW)
