@@ -710,11 +710,9 @@ def _invert_locked(
                     "n_rows": n_rows, "processes": jax.process_count(), "chunks": {}}  # fmt: skip
     else:
         manifest = json.loads(json.dumps(previous))
-        if n_rows is not None:  # chunks beyond this run's rows are stale (a longer run's)
-            for stale in [k for k, e in manifest["chunks"].items() if e["rows"][1] > n_rows]:
-                manifest["chunks"].pop(stale)
-        manifest["n_rows"] = n_rows
-    manifest.update(writer=run_id, complete=False)
+        if manifest.get("n_rows") != n_rows:  # other targets' length: unknown until the end
+            manifest.update(n_rows=None, complete=False)
+    manifest["writer"] = run_id
     _on_process0(lambda: _claim(out_dir, manifest, previous), out_dir)
     bar = tqdm(total=n_rows, disable=not progress, desc="invert_dataset", unit="target")
 

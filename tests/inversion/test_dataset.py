@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import inversion
@@ -124,8 +125,7 @@ def test_one_start_per_target_is_chunked_with_the_targets(tmp_path):
     x0 = np.asarray(np.random.default_rng(5).normal(size=(11, 3)), np.float32)
     kw = {k: v for k, v in KW.items() if k != "x_shape"}
     res = invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, x0=x0, **kw)
-    ref = inversion.invert_batch(fn, TARGETS[4:8], x0=x0[4:8], steps=15, optimizer="adam",
-                                 learning_rate=0.05)  # fmt: skip
+    ref = inversion.invert_batch(fn, TARGETS[4:8], x0=x0[4:8], steps=15, solver=inversion.solvers.Optax(optax.adam(0.05)))  # fmt: skip
     np.testing.assert_array_equal(res.x[4:8], np.asarray(ref.x))
     with pytest.raises(ValueError, match="one per target"):
         invert_dataset(fn, TARGETS, out_dir=tmp_path / "x", chunk_rows=4, x0=x0[:5], **kw)
@@ -367,3 +367,16 @@ def test_a_non_finite_target_names_its_row(tmp_path):
         invert_dataset(fn, bad, out_dir=tmp_path / "a", chunk_rows=4, **KW)
     with pytest.raises(ValueError, match="targets row 9 holds a non-finite value"):
         invert_dataset(fn, iter([bad[:6], bad[6:]]), out_dir=tmp_path / "b", chunk_rows=4, **KW)
+
+
+def test_a_rerun_on_more_rows_keeps_a_valid_manifest_throughout(tmp_path):
+    invert_dataset(fn, TARGETS[:8], out_dir=tmp_path, chunk_rows=4, **KW)
+    seen = []
+
+    def batches():  # a loader mid-run sees a valid, incomplete manifest
+        yield TARGETS[:8]
+        seen.append(load_dataset_result(tmp_path).complete)
+        yield TARGETS[8:]
+
+    res = invert_dataset(fn, batches(), out_dir=tmp_path, chunk_rows=4, **KW)
+    assert seen == [False] and res.complete and res.n_rows == 11
