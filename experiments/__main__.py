@@ -47,6 +47,7 @@ EXPERIMENTS = (
     "alternatives",
     "invertible_baselines",
     "visualisation",
+    "feature_visualisation",
     "layer_probes",
     "real_network",
 )

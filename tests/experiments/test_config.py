@@ -153,6 +153,30 @@ PINNED = {
             scenes=3, channels=8, bottleneck_channels=16, bins=40, train_profile="default"
         ),
     },
+    "feature_visualisation": {
+        "quick": dict(
+            steps=8,
+            channels=2,
+            lr=0.05,
+            detector_size=32,
+            detector_layers=1,
+            detector_channels=2,
+            dense_train_steps=500,
+            train_profile="quick",
+            seed=0,
+        ),
+        "default": dict(
+            steps=128,
+            channels=8,
+            lr=0.05,
+            detector_size=64,
+            detector_layers=3,
+            detector_channels=8,
+            dense_train_steps=3000,
+            train_profile="default",
+            seed=0,
+        ),
+    },
     "layer_probes": {
         "quick": dict(
             probe_train=64, probe_test=32, steps=100, lr=0.1, cert_images=1, train_profile="quick"
