@@ -177,7 +177,7 @@ class Certificate(NamedTuple):
     def nullity_lower_at(self, rtol: float) -> int:
         """A lower bound on ``#{i <= n : sigma_i <= rtol * sigma_1}`` (interlacing, see the
         module docstring); the count itself when the certificate is complete."""
-        _check_rtol(rtol)
+        rtol = _check_rtol(rtol)
         return _count_small(self.singular_values, rtol, self.n_in, self.n_out)
 
     def input_error_bound(self, residual_norm) -> float | np.ndarray:
@@ -290,10 +290,39 @@ class Certificate(NamedTuple):
         return start + visible
 
 
-def _check_rtol(rtol) -> float:
-    if isinstance(rtol, bool) or not (isinstance(rtol, int | float | np.floating) and rtol >= 0):
-        raise ValueError(f"rtol must be a non-negative number, got {rtol!r}")
+def _real(rtol) -> float | None:
+    """``rtol`` as a float if it is a real scalar (Python, NumPy or JAX, any int or float
+    dtype), else None."""
+    if isinstance(rtol, bool | str | bytes) or np.ndim(rtol) != 0:
+        return None
+    try:
+        dtype = np.asarray(rtol).dtype
+    except TypeError:
+        return None
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        return None
     return float(rtol)
+
+
+def _check_rtol(rtol) -> float:
+    """A tolerance for a count at a given certificate: any real scalar ``>= 0``."""
+    value = _real(rtol)
+    if value is None or not value >= 0:
+        raise ValueError(f"rtol must be a real number >= 0, got {rtol!r}")
+    return value
+
+
+def _check_certify_rtol(rtol) -> float:
+    """``certify``'s ``rtol``: a real scalar in (0, 1). It is relative to ``sigma_1``: at
+    ``rtol >= 1`` every direction but the strongest would count as lost, at 0 none (not even a
+    singular value at rounding level)."""
+    value = _real(rtol)
+    if value is None or not 0 < value < 1:
+        raise ValueError(
+            f"rtol must be a real number in (0, 1) (a tolerance relative to sigma_1) or None, "
+            f"got {rtol!r}"
+        )
+    return value
 
 
 def _count_small(s, rtol, n_in, n_out) -> int:
@@ -316,10 +345,8 @@ def _check(fn, x, rtol, method, k, dense_limit, block, vectors=False):
         raise ValueError(f"x must be non-empty, got shape {x.shape}")
     if not bool(np.all(np.isfinite(np.asarray(x, np.float64)))):
         raise ValueError("x must be finite, got NaN or inf entries")
-    if rtol is not None and (
-        isinstance(rtol, bool) or not (isinstance(rtol, int | float | np.floating) and rtol >= 0)
-    ):
-        raise ValueError(f"rtol must be a non-negative number or None, got {rtol!r}")
+    if rtol is not None:
+        _check_certify_rtol(rtol)
     if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
         raise ValueError(f"k must be a positive integer or None, got {k!r}")
     if isinstance(dense_limit, bool) or not isinstance(dense_limit, int | np.integer):
@@ -363,6 +390,12 @@ def _output_dtype64(fn, x):
     leaves = jax.tree.leaves(y)
     if not leaves or not all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves):
         raise TypeError(f"fn must return floating-point arrays, got {y}")
+    empty = [leaf.shape for leaf in leaves if math.prod(leaf.shape) == 0]
+    if empty:
+        raise ValueError(
+            f"fn returns an empty output (shapes {empty}) for an input of shape {np.shape(x)}; "
+            "a certificate needs at least one output entry"
+        )
     low = sorted({str(leaf.dtype) for leaf in leaves if leaf.dtype != jnp.float64})
     if low and input_dtype == jnp.float64:  # (a refused float64 input was warned about above)
         warnings.warn(
@@ -689,6 +722,7 @@ def _default_rtol(m, n, dtype) -> float:
 def _certify_all(fn, xs, *, rtol, method, k, key, dense_limit, block, vectors):
     """Certificates of ``fn`` at every ``x`` in ``xs`` (same-shape arrays); a dict per ``x``
     when ``fn`` returns a dict (one certificate per entry, from one Jacobian)."""
+    rtol = None if rtol is None else float(rtol)  # checked: a real scalar in (0, 1)
     dtype = str(xs[0].dtype)
     shape = tuple(xs[0].shape)
     n = math.prod(shape)
@@ -777,8 +811,9 @@ def certify(
 ) -> Certificate:
     """Local invertibility certificate of ``fn`` at one input ``x`` (see the module docstring).
 
-    ``rtol``: relative tolerance of ``effective_nullity`` and ``null_space`` (default
-    ``max(m, n) * eps`` of ``x``'s dtype). ``method``: ``'auto'``, ``'dense'`` or ``'lanczos'``
+    ``rtol``: relative tolerance of ``effective_nullity`` and ``null_space``, any real scalar
+    in (0, 1) (default ``max(m, n) * eps`` of ``x``'s dtype). ``fn`` must return at least one
+    output entry. ``method``: ``'auto'``, ``'dense'`` or ``'lanczos'``
     (``k`` bidiagonalisation steps, default ``min(m, n, 256)``; ``key`` seeds its start vector;
     ``k < min(m, n)`` gives bounds only). ``dense_limit``: the most entries of ``J`` for which
     ``'auto'`` builds it. ``block``: Jacobian products per compiled call of the dense method
@@ -832,8 +867,14 @@ def certify_batch(
     """:func:`certify` of ``fn`` at every row ``xs[i]`` of a leading axis (same options); the
     dense Jacobian program compiles once for all rows."""
     shape = np.shape(xs)
-    if len(shape) < 2 or shape[0] == 0:
-        raise ValueError(f"xs must have a non-empty leading axis over inputs, got shape {shape}")
+    if len(shape) < 2:
+        raise ValueError(
+            f"xs must be a batch of inputs, shape (N, *input shape) with at least 2 axes, got "
+            f"shape {shape}; for one input use certify(fn, x), for {shape[0] if shape else 0} "
+            "scalar inputs xs[:, None]"
+        )
+    if shape[0] == 0:
+        raise ValueError(f"xs must hold at least one input (leading axis), got shape {shape}")
     xs = _check(fn, xs, rtol, method, k, dense_limit, block, vectors)
     return _certify_all(
         fn,

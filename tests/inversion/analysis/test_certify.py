@@ -195,7 +195,7 @@ def test_bad_input_is_refused_before_any_work():
         certify(fn, np.ones(2), dense_limit=0)
     with pytest.raises(TypeError, match="vectors must be True or False"):
         certify(fn, np.ones(2), vectors="yes")
-    with pytest.raises(ValueError, match="xs must have a non-empty leading axis"):
+    with pytest.raises(ValueError, match="xs must hold at least one input"):
         certify_batch(fn, np.ones((0, 2)))
     cert = certify(fn, np.ones(2))
     with pytest.raises(ValueError, match="residual_norm"):
