@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from models.flows.bijector import Bijector, positive_int
@@ -19,7 +21,8 @@ class ActNorm(Bijector):
     has zero mean and unit variance per channel.
 
     Elementwise: a NaN or inf entry of ``x`` stays in that entry of ``y`` (not checked here);
-    the log-det does not depend on ``x``.
+    the log-det does not depend on ``x``. :meth:`initialize` refuses a batch with a NaN or inf
+    entry, or whose statistics overflow (``ValueError``), rather than set NaN parameters.
     """
 
     def __init__(self, channels: int, *, rngs: nnx.Rngs | None = None):
@@ -41,6 +44,15 @@ class ActNorm(Bijector):
     def _initialize(self, x):
         mean = jnp.mean(x, axis=(0, 1, 2))
         std = jnp.std(x, axis=(0, 1, 2))
+        if not isinstance(std, jax.core.Tracer):
+            bad = ~(np.isfinite(np.asarray(mean)) & np.isfinite(np.asarray(std)))
+            if bad.any():  # e.g. an overflowing batch (its variance exceeds float32)
+                raise ValueError(
+                    f"ActNorm.initialize: the batch's mean or standard deviation is not finite "
+                    f"in channels {np.nonzero(bad)[0].tolist()} (largest |x| "
+                    f"{float(np.max(np.abs(np.asarray(x)))):.3g}); expected a batch whose "
+                    "statistics are finite, or the parameters would be NaN or inf"
+                )
         self.bias[...] = mean.astype(self.bias[...].dtype)
         self.log_scale[...] = -jnp.log(std + 1e-6).astype(self.log_scale[...].dtype)
         return self._forward_and_log_det(x)[0]

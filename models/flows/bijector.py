@@ -17,10 +17,14 @@ the input (a floating array of rank 3 or 4 with :attr:`channels` channels and sp
 divisible by :attr:`spatial_multiple`; ``TypeError``/``ValueError`` naming the shape otherwise)
 and add or remove the batch axis.
 
-Non-finite input: single bijectors do not look at values (each documents how a NaN or inf
+Non-finite values: single bijectors do not look at values (each documents how a NaN or inf
 spreads); :class:`models.flows.Chain` and the networks built on it raise ``ValueError`` for a
-concrete input with a NaN or inf entry. Under ``jax.jit``/``vmap``/``grad`` values are unknown
-while tracing, so no value check runs there.
+concrete input with a NaN or inf entry, and for a finite concrete input whose result overflows
+(e.g. the inverse of an image of 3e38: a NaN or inf result is never returned eagerly). Under
+``jax.jit``/``vmap``/``grad`` values are unknown while tracing, so no value check runs there:
+the result then holds the inf/NaN of the overflow, and a caller that needs finite values checks
+``jnp.isfinite`` itself. :meth:`Bijector.initialize` (eager) refuses a non-finite batch for
+every bijector, so no parameter is ever set to NaN.
 """
 
 from __future__ import annotations
@@ -81,6 +85,22 @@ def check_finite(x, *, who: str, name: str) -> None:
         )
 
 
+def check_finite_result(out, inp, *, who: str, name: str) -> None:
+    """ValueError if a concrete result ``out`` (rank 4) of the finite input ``inp`` has a NaN or
+    inf entry (an overflow); tracers are not checked."""
+    if isinstance(out, jax.core.Tracer) or isinstance(inp, jax.core.Tracer):
+        return
+    finite = np.isfinite(np.asarray(out))
+    if not finite.all():
+        samples = sorted({int(i) for i in np.nonzero(~finite.all(axis=(1, 2, 3)))[0]})
+        largest = float(np.max(np.abs(np.asarray(inp)[samples])))
+        raise ValueError(
+            f"{who}: the result for the finite {name} has {int((~finite).sum())} NaN or inf "
+            f"entries (in samples {samples[:10]}; largest |{name}| there {largest:.3g}): {name} "
+            f"is outside the range where this map is finite in {np.asarray(out).dtype}"
+        )
+
+
 class Bijector(nnx.Module):
     """Base class of every invertible layer and network (see the module docstring).
 
@@ -126,10 +146,15 @@ class Bijector(nnx.Module):
             check_finite(xb, who=who, name=name)
         return xb, single
 
+    def _check_result(self, out, inp, method: str, name: str) -> None:
+        if self.checks_finite:
+            check_finite_result(out, inp, who=f"{type(self).__name__}.{method}", name=name)
+
     def forward_and_log_det(self, x: Image) -> tuple[Image, LogDet]:
         """``(f(x), log|det ∂f/∂x|)`` for one image ``(h, w, c)`` or a batch ``(b, h, w, c)``."""
         xb, single = self._lift(x, "forward", "x", self.channels, self.spatial_multiple)
         y, logdet = self._forward_and_log_det(xb)
+        self._check_result(y, xb, "forward", "x")
         return (y[0], logdet[0]) if single else (y, logdet)
 
     def inverse_and_log_det(self, y: Image) -> tuple[Image, LogDet]:
@@ -137,12 +162,14 @@ class Bijector(nnx.Module):
         multiple = max(1, round(self.spatial_multiple / self.downsampling))
         yb, single = self._lift(y, "inverse", "y", self.out_channels, multiple)
         x, logdet = self._inverse_and_log_det(yb)
+        self._check_result(x, yb, "inverse", "y")
         return (x[0], logdet[0]) if single else (x, logdet)
 
     def forward(self, x: Image) -> Image:
         """y = f(x) (the log-det is not computed)."""
         xb, single = self._lift(x, "forward", "x", self.channels, self.spatial_multiple)
         y = self._forward(xb)
+        self._check_result(y, xb, "forward", "x")
         return y[0] if single else y
 
     def inverse(self, y: Image) -> Image:
@@ -150,6 +177,7 @@ class Bijector(nnx.Module):
         multiple = max(1, round(self.spatial_multiple / self.downsampling))
         yb, single = self._lift(y, "inverse", "y", self.out_channels, multiple)
         x = self._inverse(yb)
+        self._check_result(x, yb, "inverse", "y")
         return x[0] if single else x
 
     def __call__(self, x: Image) -> Image:
@@ -158,8 +186,11 @@ class Bijector(nnx.Module):
     def initialize(self, x: Image) -> Image:
         """Data-dependent initialisation (eager: it sets parameters) from the batch ``x``, e.g.
         every :class:`models.flows.ActNorm` to zero mean and unit variance of its input; returns
-        ``f(x)`` with the new parameters. Bijectors without such parameters change nothing."""
+        ``f(x)`` with the new parameters. Bijectors without such parameters change nothing.
+        A batch with a NaN or inf entry is refused (``ValueError``): it would set parameters to
+        NaN for good."""
         xb, single = self._lift(x, "initialize", "x", self.channels, self.spatial_multiple)
+        check_finite(xb, who=f"{type(self).__name__}.initialize", name="x")  # for every bijector
         y = self._initialize(xb)
         return y[0] if single else y
 
