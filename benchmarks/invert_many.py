@@ -107,11 +107,11 @@ def flops_per_target(steps: int) -> float:
     import jax.numpy as jnp
     import optax
 
-    from experiments.invert_many import _fn, _model
+    from experiments.invert_many import seed_model, target_fn
     from inversion import engine, solvers
 
-    model, size = _model(False)
-    fn = _fn(model, None)
+    model, size = seed_model(False)
+    fn = target_fn(model, None)
     x0 = jnp.full((64, size, size, 1), 0.5)
     cost = engine.step_cost(fn, jnp.zeros((64, size, size, 1)), x0=x0,
                             solver=solvers.Optax(optax.adam(0.1)), steps=steps)  # fmt: skip

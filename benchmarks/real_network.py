@@ -156,10 +156,10 @@ def measure(*, size: int, batch: int, budget_s: float, lr: float, visible: bool 
     from models import pretrained
 
     model, name = pretrained.text_detector()
-    proto = model.reference._model
+    proto = model.reference.model  # the onnx.ModelProto
     logits, params = models.feature_fn(model, name)
     f_batch = jax.jit(lambda x: logits(params, x))
-    fn = lambda x: logits(params, x[None])[0]  # noqa: E731
+    fn = models.per_example(logits, params)
     module = torch_module(proto, name)
     x_true, x0 = problem(size, batch)
     targets = np.asarray(f_batch(x_true))

@@ -49,14 +49,12 @@ def build(model: str, size: int, batch: int, *, key: int = 0):
     """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {list(MODELS)}")
-    from models.pure import split
+    from models.pure import per_example, split
     from models.seed import seed_unet
 
     net = seed_unet(key)
     apply_fn, params = split(net)
-
-    def fn(x):
-        return apply_fn(params, x[None])[0]
+    fn = per_example(apply_fn, params)
 
     rng = np.random.default_rng(key)  # host RNG: nothing to compile
     inputs = rng.uniform(size=(batch, size, size, 1)).astype(np.float32)

@@ -28,11 +28,11 @@ from experiments.config import (
     ExperimentConfig,
     apply_overrides,
     config_record,
-    describe_commit,
     field_types,
     split_assignment,
 )
-from experiments.config import provenance as collect_provenance
+from experiments.provenance import describe_commit
+from experiments.provenance import provenance as collect_provenance
 
 #: Experiment modules in the order of the report (only those that exist are run).
 EXPERIMENTS = (
@@ -97,7 +97,7 @@ def write_report(
     """Write ``out/report.md`` from each experiment's outcome (metrics or error, and the
     ``config`` record it ran with), with each experiment's own Markdown tables (``*.md`` in its
     folder) verbatim, its figures and its scalar metrics. The header gives the profile, the git commit and the
-    machine (``provenance``: :func:`experiments.config.provenance`, collected if None)."""
+    machine (``provenance``: :func:`experiments.provenance.provenance`, collected if None)."""
     provenance = provenance or collect_provenance()
     versions = provenance.get("versions", {})
     lines = [

@@ -25,7 +25,8 @@ Methods (all see the same held-out synthetic scenes ``x₀`` and the outputs ``y
 
 * **optimisation** — ``inversion.invert_batch`` on the trained seed U-Net ``Φ``: Adam on the
   input from ``x = 0.1·N(0, I)``, box ``[0, 1]``, no learned prior.
-* **learned inverse** — a :class:`models.decoder.Decoder` ``g`` trained on ``(Φ(x), x)`` for the
+* **learned inverse** — a :class:`models.decoder.Decoder` ``g``
+  (:func:`models.decoder.learned_inverse`) trained on ``(Φ(x), x)`` for the
   training scenes (regression, MSE); ``x̂ = g(y)`` in one forward pass. It approximates
   ``E[x | Φ(x)]``, so it is exact only where Φ is injective *and* ``g`` has learned it.
 * **invertible network** — a :class:`models.flows.Flow` (RealNVP: checkerboard affine couplings
@@ -60,12 +61,12 @@ from experiments.common import (
     experiment_dir,
     reference,
     save_figure,
+    seed_unet_decoder,
     trained_seed_unet,
     write_metrics,
 )
 from experiments.config import ExperimentConfig, select_profile
 from inversion import invert_batch, metrics
-from models.decoder import Decoder
 from models.flows import Flow
 
 NAME = "alternatives"
@@ -76,6 +77,8 @@ APPROXIMATE = 1e-2  # above this, a method approximates
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(ExperimentConfig):
     """Defaults: the ``default`` profile."""
+
+    positive = ("targets", "steps", "train_steps", "n_train")
 
     targets: int = 16  # held-out test scenes reconstructed by every method
     steps: int = 400  # Adam steps of the optimisation methods
@@ -101,23 +104,6 @@ def _train_config(steps: int, task: str) -> models.TrainConfig:
     )
 
 
-def learned_inverse(unet, *, train_steps: int, n_train: int):
-    """The learned inverse (a :class:`models.decoder.Decoder`) of ``unet``'s output, trained
-    on ``n_train`` training scenes for ``train_steps`` steps (model cache: the same sizes share
-    one training run across experiments)."""
-    train_x = models.data.synthetic_scenes(jax.random.key(0), n_train, size=32).images
-    forward = _jitted(unet)
-    pairs = (np.asarray(forward(train_x)), np.asarray(train_x))
-    arch = dict(in_channels=1, out_channels=1, width=32, depth=3, upsample=0)
-    return models.cached_train(
-        lambda: Decoder(**arch, rngs=nnx.Rngs(params=0)),
-        {"model": "decoder_of_seed_unet_out", "init_key": 0, **arch},
-        pairs,
-        config=_train_config(train_steps, "regression"),
-        progress=False,
-    ).model
-
-
 def _flow(cfg: Config):
     """``(flow, history)``: an invertible network trained on the segmentation scenes."""
     train_set = models.data.synthetic_scenes(jax.random.key(0), cfg.n_train, size=32)
@@ -134,20 +120,9 @@ def _flow(cfg: Config):
     return result.model, result.history
 
 
-def _jitted(model, method: str = "__call__"):
-    """``jit(x ↦ model.<method>(x))`` with the weights as constants."""
-    graphdef, params = nnx.split(model)
-    return jax.jit(lambda x: getattr(nnx.merge(graphdef, params), method)(x))
-
-
 def _optimise(model, targets, steps):
-    apply_fn, params = models.split(model)
-
-    def fn(x):  # one (H, W, 1) image -> the model's (H, W, 1) output
-        return apply_fn(params, x[None])[0]
-
     return invert_batch(
-        fn,
+        models.per_example(*models.split(model)),  # one (H, W, 1) image -> its output
         targets,
         x_shape=targets.shape[1:],
         key=jax.random.key(7),
@@ -176,15 +151,15 @@ def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
     unet, test_set, unet_history = trained_seed_unet(train_profile=config.train_profile)
     flow, flow_history = _flow(config)
-    decoder = learned_inverse(unet, train_steps=config.train_steps, n_train=config.n_train)
+    decoder = seed_unet_decoder(unet, train_steps=config.train_steps, n_train=config.n_train)
 
     x_true = test_set.images[: config.targets]
-    unet_fwd, flow_fwd = _jitted(unet), _jitted(flow)
+    unet_fwd, flow_fwd = models.jitted(unet), models.jitted(flow)
     y_unet, y_flow = unet_fwd(x_true), flow_fwd(x_true)
     recon = {
         "optimisation (U-Net)": (unet_fwd, _optimise(unet, y_unet, config.steps), y_unet),
-        "learned inverse (U-Net)": (unet_fwd, _jitted(decoder)(y_unet), y_unet),
-        "flow inverse": (flow_fwd, _jitted(flow, "inverse")(y_flow), y_flow),
+        "learned inverse (U-Net)": (unet_fwd, models.jitted(decoder)(y_unet), y_unet),
+        "flow inverse": (flow_fwd, models.jitted(flow, "inverse")(y_flow), y_flow),
         "optimisation (flow)": (flow_fwd, _optimise(flow, y_flow, config.steps), y_flow),
     }
     rows = {name: _scores(fwd, x_hat, x_true, y) for name, (fwd, x_hat, y) in recon.items()}

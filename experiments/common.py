@@ -29,8 +29,8 @@ from experiments.config import (
     apply_overrides,
     config_record,
     describe_fields,
-    provenance,
 )
+from experiments.provenance import provenance
 
 DEFAULT_OUT = pathlib.Path("results")
 
@@ -60,7 +60,7 @@ def write_metrics(directory: pathlib.Path, metrics: dict, config: ExperimentConf
     Added to what is written (not to ``metrics`` itself): ``config``, the run's config with its
     profile and overrides (:func:`experiments.config.config_record`), and ``provenance``:
     package versions, git commit and dirtiness, backend and devices
-    (:func:`experiments.config.provenance`).
+    (:func:`experiments.provenance.provenance`).
     """
     clash = {"config", "provenance"} & set(metrics)
     if clash:
@@ -223,3 +223,68 @@ def trained_seed_unet(
         progress=progress,
     )
     return result.model, test_set, result.history
+
+
+def seed_unet_decoder(unet, *, train_steps: int, n_train: int):
+    """The learned inverse (:func:`models.decoder.learned_inverse`) of ``unet``'s output,
+    trained on the first ``n_train`` training scenes (32x32, key 0) for ``train_steps`` Adam
+    steps (5e-3, batch 32); from the model cache, so experiments with the same sizes share one
+    training run."""
+    import jax
+
+    import models
+    from models.decoder import learned_inverse
+
+    train_x = models.data.synthetic_scenes(jax.random.key(0), n_train, size=32).images
+    config = models.TrainConfig(
+        task="regression",
+        steps=train_steps,
+        batch_size=32,
+        learning_rate=5e-3,
+        eval_every=train_steps,
+    )
+    return learned_inverse(
+        models.jitted(unet), train_x, name="decoder_of_seed_unet_out", config=config
+    )
+
+
+def layer_metrics(layer) -> dict:
+    """One layer of ``inversion.analysis.layerwise``'s report (a ``LayerReport``) as the
+    metrics the layer experiments record: inversion errors when inverted, then the nullity at
+    each precision, condition number, ``sigma_min``, dimensions and per-image nullities."""
+    row = {}
+    if layer.inverted:
+        row.update(
+            shape=list(layer.shape),
+            feature_error=layer.feature_error,
+            feature_error_per_image=layer.feature_error_per_input,
+            relative_error=layer.relative_error,
+            relative_error_per_image=layer.relative_error_per_input,
+            psnr=layer.psnr,  # median over images: exact recoveries give ~150 dB
+            psnr_per_image=layer.psnr_per_input,
+        )
+    row.update(
+        nullity=layer.nullity["exact"],
+        nullity_float32=layer.nullity["float32"],
+        nullity_8bit=layer.nullity["8-bit"],
+        condition_number=layer.condition_number,
+        sigma_min=layer.sigma_min,
+        n_in=layer.n_in,
+        n_out=layer.n_out,
+        nullity_per_image=layer.nullity_per_input,
+    )
+    return row
+
+
+def layer_certificates(model, inputs) -> dict:
+    """Per layer, the float64 certificate of ``d Phi_l / d x`` at every input, summarised over
+    the inputs at the three precisions (``inversion.analysis.layerwise`` without inversion,
+    :func:`layer_metrics`): the largest nullity, the largest condition number and the smallest
+    ``sigma_min``."""
+    import models
+    from inversion.analysis import layerwise
+
+    report = layerwise(
+        models.activations_fn(model), np.asarray(inputs, np.float32), invert=False, bounds=None
+    )
+    return {layer.name: layer_metrics(layer) for layer in report}

@@ -13,8 +13,15 @@ Every experiment module ``experiments/<name>.py`` defines
 
 A config is changed from the command line with ``--set field=value`` (:func:`apply_overrides`):
 each value is parsed to the field's annotated type, and an unknown field or a value of the
-wrong type is an error that names the field. :func:`config_record` and :func:`provenance` are
-what ``metrics.json`` records about a run (``experiments.common.write_metrics`` adds them).
+wrong type is an error that names the field. :func:`config_record` is what ``metrics.json``
+records about the config of a run, and :mod:`experiments.provenance` what it records about the
+code and machine that ran it (``experiments.common.write_metrics`` adds both).
+
+The override parser is hand-written rather than ``ml_collections.config_flags``: the configs are
+frozen, typed dataclasses, and the parser reads each value by its annotation (``Literal``
+choices, tuples, ``X | None``) and names the field in every error, which ``config_flags`` (an
+``absl.flags`` ``ConfigDict`` overrider, typed by the current value, not the annotation) would
+not do without the same code on top, plus two dependencies.
 
 >>> import dataclasses
 >>> @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,31 +36,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.metadata
-import pathlib
-import platform
-import subprocess
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 #: The profile names every experiment's ``get_config`` accepts.
 PROFILES = ("quick", "default", "full")
-#: The packages whose versions ``metrics.json`` records.
-PACKAGES = (
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "numpy",
-    "scipy",
-    "scikit-image",
-)
-#: The repository this package lives in (its git commit is recorded).
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -67,9 +57,68 @@ class ExperimentConfig:
     Subclasses are ``@dataclasses.dataclass(frozen=True, kw_only=True)`` with annotated,
     defaulted fields (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, tuples of
     these, ``X | None``). ``profile`` is set by ``get_config`` and cannot be ``--set``.
+
+    Checked whenever a config is built (``get_config``, ``--set``, ``dataclasses.replace``),
+    with a :class:`ConfigError` naming the field, the value and what was expected:
+
+    * every ``Literal`` field, and every entry of a ``tuple[Literal[...], ...]`` field, is one
+      of its choices;
+    * the fields named in the class attribute ``positive`` are ``>= 1`` (ints) or ``> 0``
+      (floats; for a tuple, every entry), and those named in ``non_empty`` hold at least one
+      entry.
     """
 
     profile: str = "default"
+    #: Fields that must be positive (counts, sizes, steps).
+    positive: ClassVar[tuple[str, ...]] = ()
+    #: Tuple fields that must hold at least one entry.
+    non_empty: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        check_config(self)
+
+
+def _choices(tp: Any) -> tuple | None:
+    """The choices of a ``Literal`` annotation (``X | None`` looked through), else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _choices(args[0]) if len(args) == 1 else None
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Raise :class:`ConfigError` naming the field if ``config`` breaks a rule of
+    :class:`ExperimentConfig` (a ``Literal`` choice, ``positive``, ``non_empty``)."""
+    cls = type(config)
+    where = f" of {cls.__module__.rpartition('.')[2]}"
+    for field, tp in field_types(cls).items():
+        value = getattr(config, field)
+        choices = _choices(tp)
+        if choices is not None and value is not None and value not in choices:
+            raise ConfigError(
+                f"field {field!r}{where}: {value!r} is not one of {', '.join(map(repr, choices))}"
+            )
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis:
+            choices = _choices(args[0])
+            bad = [v for v in value if choices is not None and v not in choices]
+            if bad:
+                raise ConfigError(
+                    f"field {field!r}{where}: {', '.join(map(repr, bad))} not among the "
+                    f"allowed {', '.join(map(repr, choices))}"
+                )
+    for field in config.positive:
+        value = getattr(config, field)
+        for v in value if isinstance(value, tuple) else (value,):
+            low = "an int >= 1" if isinstance(v, int) else "a number > 0"
+            if isinstance(v, bool) or not (v >= 1 if isinstance(v, int) else v > 0):
+                entries = " (every entry)" if isinstance(value, tuple) else ""
+                raise ConfigError(f"field {field!r}{where}{entries} must be {low}, got {value!r}")
+    for field in config.non_empty:
+        if not len(getattr(config, field)):
+            raise ConfigError(
+                f"field {field!r}{where} needs at least one entry, got {getattr(config, field)!r}"
+            )
 
 
 def select_profile(profile: str, **profiles: ExperimentConfig) -> ExperimentConfig:
@@ -254,65 +303,3 @@ def config_record(config: ExperimentConfig) -> dict[str, Any]:
     """What ``metrics.json`` stores as ``config``: every field (with ``profile``) and the
     ``overrides`` applied on top of that profile."""
     return {**dataclasses.asdict(config), "overrides": overrides(config)}
-
-
-def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
-    """Installed version of each distribution (``'not installed'`` when absent)."""
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def git_state(root: str | pathlib.Path = REPO_ROOT) -> dict[str, Any]:
-    """``{'commit': sha, 'dirty': bool}`` of the checkout at ``root``; ``'unknown'`` (and
-    ``dirty`` None) outside a git checkout or without git. Never raises.
-
-    Dirty means tracked files differ from the commit (untracked files do not count).
-    """
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        )
-        return done.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
-    return {"commit": commit, "dirty": dirty}
-
-
-def backend() -> dict[str, Any]:
-    """JAX's default backend and its devices (kinds and count)."""
-    import jax
-
-    devices = jax.devices()
-    return {
-        "name": jax.default_backend(),
-        "device_kinds": sorted({d.device_kind for d in devices}),
-        "device_count": len(devices),
-    }
-
-
-def provenance() -> dict[str, Any]:
-    """What produced a result: package versions, git commit, backend, Python and host."""
-    return {
-        "versions": package_versions(),
-        "git": git_state(),
-        "backend": backend(),
-        "python": platform.python_version(),
-        "host": platform.node(),
-    }
-
-
-def describe_commit(git: Mapping[str, Any]) -> str:
-    """``'1a2b3c4d5e6f (dirty)'``, ``'1a2b3c4d5e6f'`` or ``'unknown'``."""
-    if git.get("commit", "unknown") == "unknown":
-        return "unknown"
-    return git["commit"][:12] + (" (dirty)" if git.get("dirty") else "")

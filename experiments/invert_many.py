@@ -133,7 +133,8 @@ def spawn_local(argv: list[str], processes: int, timeout: float) -> int:
     return 0
 
 
-def _model(quick: bool):
+def seed_model(quick: bool):
+    """``(model, size)``: the trained seed U-Net of the run (16x16 scenes when quick, else 32)."""
     from experiments.common import trained_seed_unet
 
     size = 16 if quick else 32
@@ -141,7 +142,8 @@ def _model(quick: bool):
     return model, size
 
 
-def _fn(model, layer: str | None):
+def target_fn(model, layer: str | None):
+    """The map of one input image to ``model``'s output (``layer=None``) or to layer ``layer``."""
     import models
 
     if layer is None:
@@ -151,11 +153,7 @@ def _fn(model, layer: str | None):
         if layer not in names:
             raise ValueError(f"--layer must be one of {names}, got {layer!r}")
         apply, params = models.feature_fn(model, layer)
-
-    def fn(x):
-        return apply(params, x[None])[0]
-
-    return fn
+    return models.per_example(apply, params)
 
 
 BLOCK = 1024  # scenes generated at a time: memory stays flat in the number of targets
@@ -175,10 +173,10 @@ def targets_and_fn(n: int, *, quick: bool, layer: str | None, model=None):
     import numpy as np
 
     if model is None:
-        model, size = _model(quick)
+        model, size = seed_model(quick)
     else:
         size = 16 if quick else 32
-    fn = _fn(model, layer)
+    fn = target_fn(model, layer)
     batched = jax.jit(jax.vmap(fn))
 
     def targets():
@@ -234,7 +232,7 @@ def prepare(path: pathlib.Path, quick: bool) -> None:
     import numpy as np
     from flax import nnx
 
-    model, _ = _model(quick)
+    model, _ = seed_model(quick)
     leaves = jax.tree.leaves(nnx.split(model)[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -28,7 +28,7 @@ InvertibleUNet[affine, no penalty] 2.39e-05 max, κ = 1,246.)
 
 Every invertible network segments at dice >= 0.97 and round-trips to <= 1.7e-6 after training.
 What decides the float32 round trip is the trained network's conditioning: κ, the relative
-condition number of the inverse at ``y = f(x)`` (:func:`inverse_condition`, from the float64
+condition number of the inverse at ``y = f(x)`` (:func:`inversion.analysis.inverse_condition`, from the float64
 Jacobian), times u = 2^-24 bounds what any float32 inverse can do once ``y`` is stored in
 float32, and the measured round-trip maxima lie at 0.26-0.92 of κ·u (IResNet: 2.4, at the level
 of single roundings). Training to segment drives κ up: trained without a penalty, Glow reaches
@@ -86,26 +86,27 @@ import pathlib
 import sys
 import time
 import warnings
+from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import models
-from experiments.alternatives import learned_inverse
 from experiments.common import (
     TrainProfile,
     cli,
     experiment_dir,
     reference,
     save_figure,
+    seed_unet_decoder,
     trained_seed_unet,
     write_metrics,
 )
 from experiments.config import ExperimentConfig, select_profile
 from inversion import analysis, invert_batch, metrics
 from models import flows
+from models.training import train_step_bytes
 
 NAME = "invertible_baselines"
 EXACT = 1e-4  # a trained round trip above this is flagged as not exact
@@ -126,6 +127,9 @@ ABLATIONS = {
     "Glow[affine, no penalty]": ("Glow", {"coupling": "affine"}, 0.0),
     "InvertibleUNet[affine, no penalty]": ("InvertibleUNet", {"coupling": "affine"}, 0.0),
 }
+#: The names ``networks`` and ``ablations`` accept.
+Network = Literal[INVERTIBLE]
+Ablation = Literal[tuple(ABLATIONS)]
 #: The ablations of the default profile (``--full`` trains all of ``ABLATIONS``): the penalty
 #: and the coupling choice of Glow; the coupling order and the affine invertible U-Net, whose
 #: rows tell the same story (table in the module docstring), only with ``--full``.
@@ -135,6 +139,20 @@ DEFAULT_ABLATIONS = ("Glow[no penalty]", "Glow[affine, no penalty]")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(ExperimentConfig):
     """Defaults: the ``default`` profile."""
+
+    positive = (
+        "targets",
+        "train_steps",
+        "n_train",
+        "hidden",
+        "iresnet_iterations",
+        "plot_iterations",
+        "invert_steps",
+        "decoder_steps",
+        "decoder_n_train",
+        "certify_scenes",
+    )
+    non_empty = ("networks",)
 
     targets: int = 16  # held-out test scenes of the round trips
     train_steps: int = 200  # training steps of each invertible network
@@ -146,8 +164,8 @@ class Config(ExperimentConfig):
     decoder_steps: int = 400  # the decoder's training (alternatives' sizes: one cached run)
     decoder_n_train: int = 2000
     train_profile: TrainProfile = "default"  # training sizes of the seed U-Net
-    networks: tuple[str, ...] = INVERTIBLE  # the invertible networks trained (IResNet: plotted)
-    ablations: tuple[str, ...] = DEFAULT_ABLATIONS  # ablation rows trained (ABLATIONS)
+    networks: tuple[Network, ...] = INVERTIBLE  # the invertible networks trained (IResNet: plotted)
+    ablations: tuple[Ablation, ...] = DEFAULT_ABLATIONS  # ablation rows trained (ABLATIONS)
     init_key: int = 0  # the invertible networks' parameter seed
     certify_scenes: int = 2  # test scenes of the float64 conditioning (the first ones)
     inverse_penalty: float = 1.0  # TrainConfig.inverse_penalty of the PENALISED networks
@@ -231,12 +249,6 @@ def _invertible(name: str, arch: dict, cfg: Config, train_set, test_set, train_c
     return result.model, result.history
 
 
-def _jitted(model, method: str = "__call__"):
-    """``jit(x ↦ model.<method>(x))`` with the weights as constants."""
-    graphdef, state = nnx.split(model)
-    return jax.jit(lambda x: getattr(nnx.merge(graphdef, state), method)(x))
-
-
 def _timed(fn, x, repeats: int = 3) -> tuple[jax.Array, float]:
     """``(fn(x), best wall time of `repeats` calls after one warm-up call)``."""
     out = jax.block_until_ready(fn(x))
@@ -248,80 +260,8 @@ def _timed(fn, x, repeats: int = 3) -> tuple[jax.Array, float]:
     return out, best
 
 
-def train_step_bytes(model, x, y, config: models.TrainConfig | None = None) -> int:
-    """Peak memory of one training step (the training loss of ``config``,
-    :func:`models.training.batch_loss`, and its parameter gradient on ``(x, y)``) as XLA's
-    buffer assignment plans it: arguments + outputs + temporaries − aliased bytes."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    config = config or _train_config(1)
-
-    def loss(p):
-        m = nnx.merge(graphdef, p, rest, copy=True)
-        return models.training.batch_loss(m, x, y, config, 0)
-
-    stats = jax.jit(jax.value_and_grad(loss)).lower(params).compile().memory_analysis()
-    return int(
-        stats.argument_size_in_bytes
-        + stats.output_size_in_bytes
-        + stats.temp_size_in_bytes
-        - stats.alias_size_in_bytes
-    )
-
-
 def _errors(x_hat, x) -> np.ndarray:
     return np.asarray(metrics.relative_error(x_hat, x, batched=True, reduce=False))
-
-
-def inverse_condition(model, x) -> np.ndarray:
-    """Per image of ``x``: the relative condition number of the inverse at ``y = f(x)``,
-
-        κ = ‖J_{f⁻¹}(y)‖₂ · ‖y‖ / ‖x‖ = ‖y‖ / (σ_min(J_f(x)) · ‖x‖),
-
-    from the float64 Jacobian of the float32 network (:func:`inversion.analysis.certify`). A
-    relative perturbation ``ρ`` of ``y`` moves ``f⁻¹(y)`` by up to ``κ·ρ`` relative (first
-    order), so storing ``y`` in float32 (``ρ ≤ u = 2^-24`` per entry) already costs up to
-    ``κ·u``: a float32 round trip cannot be trusted below that, however the inverse is
-    computed."""
-    certificates = analysis.certify_batch(model.forward, x)
-    y = np.asarray(model.forward(x), np.float64).reshape(len(x), -1)
-    xs = np.asarray(x, np.float64).reshape(len(x), -1)
-    sigma_min = np.array([c.sigma_min for c in certificates])
-    return np.linalg.norm(y, axis=1) / (sigma_min * np.linalg.norm(xs, axis=1))
-
-
-def iresnet_iterations(model: flows.IResNet, x, iterations: int) -> list[dict]:
-    """Per block: the median over images of ``‖x_k − x*‖`` for ``k = 0 … iterations`` and of
-    the a-priori bound ``L_g^k/(1 − L_g)·‖g(y)‖`` (``y`` the block's output at ``x*``)."""
-    rows = []
-    h = x
-    for layer in model.layers:
-        if isinstance(layer, flows.IResNetBlock):
-            y = layer.forward(h)
-
-            def step(xk, _, y=y, layer=layer, target=h):
-                err = jnp.sqrt(jnp.sum((xk - target) ** 2, axis=(1, 2, 3)))
-                return y - layer.residual(xk), err
-
-            _, errs = jax.jit(lambda y, step=step: jax.lax.scan(step, y, None, iterations + 1))(y)
-            lip = float(layer.lipschitz_bound())
-            first = np.asarray(jnp.sqrt(jnp.sum(layer.residual(y) ** 2, axis=(1, 2, 3))))
-            ks = np.arange(iterations + 1)
-            bound = lip ** ks[:, None] / (1 - lip) * first[None, :]
-            # float32: each step rounds at ~eps32 (|y| + |g|), so the iterates stall within
-            # that over (1 - L) of x*; 10x for the conv sums' accumulated rounding
-            size = np.asarray(jnp.sqrt(jnp.sum(y**2, axis=(1, 2, 3)))) + first
-            floor = 10 * float(jnp.finfo(jnp.float32).eps) * size / (1 - lip)
-            rows.append(
-                {
-                    "lipschitz_bound": lip,
-                    "error": np.median(np.asarray(errs), axis=1),
-                    "bound": np.median(bound, axis=1),
-                    "float32_floor": float(np.median(floor)),
-                    "below_bound": bool(np.all(np.asarray(errs) <= bound + floor[None, :])),
-                }
-            )
-        h = layer.forward(h)
-    return rows
 
 
 def run(config: Config, out: pathlib.Path) -> dict:
@@ -330,16 +270,16 @@ def run(config: Config, out: pathlib.Path) -> dict:
     train_set = models.data.synthetic_scenes(jax.random.key(0), config.n_train, size=32)
     x = test_set.images[: config.targets]
     step_x, step_y = train_set.images[:32], train_set.masks[:32]
-    unet_bytes = train_step_bytes(unet, step_x, step_y)
+    unet_bytes = train_step_bytes(unet, step_x, step_y, _train_config(1))
     rows: dict[str, dict] = {}
 
     # the seed U-Net, inverted by the engine
-    unet_fwd = _jitted(unet)
+    unet_fwd = models.jitted(unet)
     y = unet_fwd(x)
-    apply_fn, params = models.split(unet)
+    unet_fn = models.per_example(*models.split(unet))
     start = time.perf_counter()
     x_hat = invert_batch(
-        lambda v: apply_fn(params, v[None])[0],
+        unet_fn,
         y,
         x_shape=x.shape[1:],
         key=jax.random.key(7),
@@ -361,11 +301,13 @@ def run(config: Config, out: pathlib.Path) -> dict:
     )
 
     # its learned inverse
-    decoder = learned_inverse(
+    decoder = seed_unet_decoder(
         unet, train_steps=config.decoder_steps, n_train=config.decoder_n_train
     )
-    x_hat, seconds = _timed(_jitted(decoder), y)
-    decoder_bytes = _regression_step_bytes(decoder, unet_fwd(step_x), step_x)
+    x_hat, seconds = _timed(models.jitted(decoder), y)
+    decoder_bytes = train_step_bytes(
+        decoder, unet_fwd(step_x), step_x, models.TrainConfig(task="regression")
+    )
     rows[type(decoder).__name__] = _row(
         "learned inverse of the U-Net",
         decoder,
@@ -391,7 +333,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         train_config = _train_config(config.train_steps, penalty)
         model, history = _invertible(name, arch, config, train_set, test_set, train_config)
         trained[row_name] = model
-        forward, inverse = _jitted(model), _jitted(model, "inverse")
+        forward, inverse = models.jitted(model), models.jitted(model, "inverse")
         x_hat, seconds = _timed(inverse, forward(x))
         rows[row_name] = _row(
             "invertible" if row_name == name else "ablation",
@@ -403,14 +345,15 @@ def run(config: Config, out: pathlib.Path) -> dict:
             unet_bytes,
         )
         rows[row_name]["inverse_penalty"] = penalty
-        kappa = float(np.max(inverse_condition(model, x[: config.certify_scenes])))
+        xs = x[: config.certify_scenes]
+        kappa = float(np.max(analysis.inverse_condition(model.forward, xs, ys=model.forward(xs))))
         rows[row_name]["inverse_condition"] = kappa
         rows[row_name]["float32_floor"] = kappa * UNIT_ROUNDOFF
 
     inexact = flag_inexact(rows)
     iterations = []
     if "IResNet" in trained:
-        iterations = iresnet_iterations(trained["IResNet"], x, config.plot_iterations)
+        iterations = flows.fixed_point_errors(trained["IResNet"], x, config.plot_iterations)
         _plot_iterations(folder, iterations)
     _plot_table(folder, rows)
     table = _table(rows, inexact)
@@ -489,21 +432,6 @@ def flag_inexact(rows: dict) -> list[str]:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         print(message, file=sys.stderr)
     return inexact
-
-
-def _regression_step_bytes(model, x, y) -> int:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss(p):
-        return jnp.mean((nnx.merge(graphdef, p, rest, copy=True)(x) - y) ** 2)
-
-    stats = jax.jit(jax.value_and_grad(loss)).lower(params).compile().memory_analysis()
-    return int(
-        stats.argument_size_in_bytes
-        + stats.output_size_in_bytes
-        + stats.temp_size_in_bytes
-        - stats.alias_size_in_bytes
-    )
 
 
 def _row(kind, model, dice, errors, seconds, step_bytes, unet_bytes) -> dict:

@@ -267,10 +267,7 @@ def _plot_weights(path, model):
 def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
     model, test_set, history = trained_seed_unet(train_profile=config.train_profile)
-    apply_fn, params = models.split(model)
-
-    def fn(x):  # one (H, W, 1) image -> its (H, W, 1) logits
-        return apply_fn(params, x[None])[0]
+    fn = models.per_example(*models.split(model))  # one (H, W, 1) image -> its logits
 
     lo = (test_set.images.shape[1] - SIZE) // 2
     x_true = test_set.images[config.image, lo : lo + SIZE, lo : lo + SIZE]

@@ -128,8 +128,8 @@ def _rgb(grey):
 
 def output_certificates(logits, params, crops) -> dict:
     """Summaries of the logits' certificates at the crops, RGB and grey."""
-    rgb = lambda x: logits(params, x[None])[0]  # noqa: E731
-    grey = lambda x: logits(params, _rgb(x)[None])[0]  # noqa: E731
+    rgb = models.per_example(logits, params)
+    grey = lambda x: rgb(_rgb(x))  # noqa: E731
     return {
         "rgb": summarize(certify_batch(rgb, np.asarray(_rgb(crops)))),
         "grey": summarize(certify_batch(grey, crops)),
@@ -309,7 +309,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
     )
 
     # reconstructions: the detector (RGB) and the no-skip seed U-Net
-    rgb_fn = lambda x: logits(params, x[None])[0]  # noqa: E731
+    rgb_fn = models.per_example(logits, params)
     recon = reconstructions(rgb_fn, x_rgb, config=config)
     _plot_reconstructions(
         directory / "reconstructions.png",
@@ -319,8 +319,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         "(PSNR, visible-part error); lost part = null-space component of truth - start",
     )
     plain, test_set, _ = trained_seed_unet(train_profile=config.train_profile, skips=False)
-    apply_fn, unet_params = models.split(plain)
-    unet_fn = lambda x: apply_fn(unet_params, x[None])[0]  # noqa: E731
+    unet_fn = models.per_example(*models.split(plain))
     unet_x = np.asarray(test_set.images[: config.scenes], np.float32)
     unet_recon = reconstructions(unet_fn, unet_x, config=config)
     _plot_reconstructions(

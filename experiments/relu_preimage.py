@@ -45,6 +45,9 @@ SEED_X = np.array([-1.0, 2.0, -3.0, 4.0])
 class Config(ExperimentConfig):
     """Defaults: the ``default`` profile."""
 
+    positive = ("n", "ratios", "layers", "inputs", "sample", "inj_layers", "steps", "split_inputs")
+    non_empty = ("ratios",)
+
     n: int = 20  # input dimension of the Gaussian layers
     ratios: tuple[float, ...] = (1.0, 1.5, 1.8, 2.0, 2.2, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)  # m/n
     layers: int = 10  # Gaussian layers per ratio for the preimage fractions

@@ -71,10 +71,7 @@ def get_config(profile: str = "default") -> Config:
 def run(config: Config, out: pathlib.Path) -> dict:
     folder = experiment_dir(out, NAME)
     model, test_set, history = trained_seed_unet(train_profile=config.train_profile)
-    apply_fn, params = models.split(model)
-
-    def fn(x):  # one (H, W, 1) image -> its (H, W, 1) logits
-        return apply_fn(params, x[None])[0]
+    fn = models.per_example(*models.split(model))  # one (H, W, 1) image -> its logits
 
     x_true = test_set.images[: config.targets]
     targets = jax.vmap(fn)(x_true)

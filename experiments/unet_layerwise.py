@@ -68,6 +68,8 @@ from experiments.common import (
     TrainProfile,
     cli,
     experiment_dir,
+    layer_certificates,
+    layer_metrics,
     save_figure,
     trained_seed_unet,
     write_metrics,
@@ -75,6 +77,8 @@ from experiments.common import (
 from experiments.config import ExperimentConfig, select_profile
 from experiments.unet_verdict import describe, output_verdict, references
 from inversion.analysis import layerwise
+
+__all__ = ["layer_certificates"]  # now in experiments.common; layer_probes still imports it here
 
 NAME = "unet_layerwise"
 SIZE = 16  # inputs: the centre SIZE x SIZE crops of test scenes (input dimension 256)
@@ -85,6 +89,9 @@ VARIANTS = {"skips": True, "no_skips": False}
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(ExperimentConfig):
     """Defaults: the ``default`` profile."""
+
+    positive = ("images", "steps", "lr", "verdict_scenes")
+    non_empty = ("init_keys",)
 
     images: int = 6  # test scenes (centre crops) inverted from every layer
     steps: int = 600  # Adam steps per reconstruction
@@ -110,42 +117,6 @@ def trained_unet(*, skips: bool, train_profile: str = "default"):
     """``(model, test_set, history)``: the seed U-Net (``skips=True``, shared with every
     experiment) or the same architecture without skips, trained the same way and cached."""
     return trained_seed_unet(train_profile=train_profile, skips=skips)
-
-
-def _per_layer(layer) -> dict:
-    """One layer of ``inversion.analysis.layerwise``'s report as this experiment's metrics."""
-    row = {}
-    if layer.inverted:
-        row.update(
-            shape=list(layer.shape),
-            feature_error=layer.feature_error,
-            feature_error_per_image=layer.feature_error_per_input,
-            relative_error=layer.relative_error,
-            relative_error_per_image=layer.relative_error_per_input,
-            psnr=layer.psnr,  # median over images: exact recoveries give ~150 dB
-            psnr_per_image=layer.psnr_per_input,
-        )
-    row.update(
-        nullity=layer.nullity["exact"],
-        nullity_float32=layer.nullity["float32"],
-        nullity_8bit=layer.nullity["8-bit"],
-        condition_number=layer.condition_number,
-        sigma_min=layer.sigma_min,
-        n_in=layer.n_in,
-        n_out=layer.n_out,
-        nullity_per_image=layer.nullity_per_input,
-    )
-    return row
-
-
-def layer_certificates(model, inputs) -> dict:
-    """Per layer, the float64 certificate of ``d Phi_l / d x`` at every input, summarised over
-    the inputs at the three precisions (``inversion.analysis.layerwise`` without inversion):
-    the largest nullity, the largest condition number and the smallest ``sigma_min``."""
-    report = layerwise(
-        models.activations_fn(model), np.asarray(inputs, np.float32), invert=False, bounds=None
-    )
-    return {layer.name: _per_layer(layer) for layer in report}
 
 
 def _order(results) -> list[str]:
@@ -231,7 +202,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         results[variant] = {
             "layers": report.names,
             "test_dice": history["eval"][-1]["dice"],
-            "per_layer": {layer.name: _per_layer(layer) for layer in report},
+            "per_layer": {layer.name: layer_metrics(layer) for layer in report},
             **report.by_class(),
         }
     _plot_curves(

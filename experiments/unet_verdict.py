@@ -41,9 +41,8 @@ def _certify_outputs(train_profile: str, skips: bool, init_key: int, scenes: int
     model, test_set, history = trained_seed_unet(
         train_profile=train_profile, skips=skips, init_key=init_key
     )
-    apply_fn, params = models.split(model)
     images = np.asarray(test_set.images[:scenes], np.float32)
-    certs = certify_batch(lambda x: apply_fn(params, x[None])[0], images)
+    certs = certify_batch(models.per_example(*models.split(model)), images)
     return {"summary": summarize(certs), "test_dice": history["eval"][-1]["dice"]}
 
 

@@ -31,7 +31,15 @@ from models.imported import (
 from models.layer_fns import activations_fn
 from models.losses import dice, inverse_gain, iou, segmentation_loss
 from models.probes import ProbeParams, evaluate_probe, probe_predict, train_probe
-from models.pure import activations, count_parameters, feature_fn, layer_names, split
+from models.pure import (
+    activations,
+    count_parameters,
+    feature_fn,
+    jitted,
+    layer_names,
+    per_example,
+    split,
+)
 from models.seed import SEED_UNET_CONFIG, SEED_UNET_PARAMETERS, seed_unet
 from models.training import TrainConfig, TrainResult, evaluate, train
 from models.unet import UNet
@@ -77,8 +85,10 @@ __all__ = [
     "from_torch",
     "inverse_gain",
     "iou",
+    "jitted",
     "layer_names",
     "layers",
+    "per_example",
     "probe_predict",
     "pretrained",
     "probes",

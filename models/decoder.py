@@ -15,10 +15,15 @@ Structure, for an activation of shape ``(b, h, w, c_in)``:
     out   = conv3×3(·, width → out_channels)              (b, h·2^upsample, w·2^upsample, c_out)
 
 so ``upsample`` undoes that many 2×2 poolings (e.g. 2 for the seed U-Net's bottleneck).
+
+:func:`learned_inverse` trains one on ``(Φ(x_i), x_i)`` through the model cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 from flax import nnx
 
 from models import layers
@@ -66,3 +71,53 @@ class Decoder(nnx.Module):
         for conv in self.body:
             h = layers.relu(conv(h))
         return self.out(h)
+
+
+def learned_inverse(
+    forward: Callable,
+    inputs,
+    *,
+    name: str,
+    config,
+    width: int = 32,
+    depth: int = 3,
+    upsample: int = 0,
+    init_key: int = 0,
+    cache_dir=None,
+    progress: bool = False,
+) -> Decoder:
+    """A :class:`Decoder` ``g`` fitted to invert ``forward`` (``Φ``) on ``inputs``:
+
+        g ≈ argmin_g  mean_i ‖g(Φ(x_i)) − x_i‖²,
+
+    trained by :func:`models.train` with ``config`` (a ``TrainConfig`` with
+    ``task='regression'``) from the weights of ``nnx.Rngs(params=init_key)``, through the
+    model cache (:func:`models.cache.cached_train`, keyed by ``{"model": name, "init_key",
+    in/out channels, width, depth, upsample}``, the config and the data): callers that use the
+    same ``name``, sizes and data share one training run. ``forward`` maps a batch of inputs
+    to a batch of activations (e.g. :func:`models.jitted` of a network); the decoder's input
+    channels are the activation's, its output channels the inputs'.
+    """
+    from models.cache import cached_train
+
+    if getattr(config, "task", None) != "regression":
+        raise ValueError(
+            f"config must be a TrainConfig with task='regression', got {config!r:.200}"
+        )
+    inputs = np.asarray(inputs)
+    outputs = np.asarray(forward(inputs))
+    arch = dict(
+        in_channels=int(outputs.shape[-1]),
+        out_channels=int(inputs.shape[-1]),
+        width=width,
+        depth=depth,
+        upsample=upsample,
+    )
+    return cached_train(
+        lambda: Decoder(**arch, rngs=nnx.Rngs(params=init_key)),
+        {"model": name, "init_key": init_key, **arch},
+        (outputs, inputs),
+        config=config,
+        cache_dir=cache_dir,
+        progress=progress,
+    ).model

@@ -2,12 +2,15 @@
 
 ``nnx.split`` runs once, outside any hot loop; the returned functions merge the graph
 definition with the given parameters inside the trace, so the inversion engine only ever
-sees ``fn(params, x) -> y``.
+sees ``fn(params, x) -> y``. :func:`per_example` turns such a batch-first function into the
+map of one example that ``inversion.invert`` and ``inversion.analysis.certify`` take, and
+:func:`jitted` compiles a model's method with its weights as constants.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx
@@ -40,6 +43,41 @@ def split(model) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State
         return nnx.merge(graphdef, params)(x)
 
     return apply_fn, params
+
+
+def per_example(
+    apply_fn: Callable[[Any, jax.Array], jax.Array], params
+) -> Callable[[jax.Array], jax.Array]:
+    """The map of one example of a batch-first model: ``fn(x) = apply_fn(params, x[None])[0]``.
+
+    ``apply_fn(params, X)`` maps a batch ``X`` of shape ``(b, *s)`` to ``(b, *t)`` (the
+    convention of :func:`split` and :func:`feature_fn`); ``fn`` maps one input of shape ``s``
+    to its output of shape ``t``, as a batch of one. For a network whose examples do not
+    interact (no batch statistics), ``jax.vmap(fn)(X) == apply_fn(params, X)``. ``fn`` is
+    pure (``params`` are closed over) and composes with ``jit``, ``vmap`` and ``grad``.
+
+    >>> import jax.numpy as jnp
+    >>> fn = per_example(lambda p, X: X.sum(axis=1) * p, 2.0)
+    >>> fn(jnp.array([1.0, 2.0])).item()
+    6.0
+    """
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable as apply_fn(params, x), got {apply_fn!r}")
+
+    def fn(x):
+        return apply_fn(params, x[None])[0]
+
+    return fn
+
+
+def jitted(model, method: str = "__call__") -> Callable[[jax.Array], jax.Array]:
+    """``jax.jit(x ↦ model.<method>(x))`` with the model's state as constants of the program
+    (split once with ``nnx.split``, merged inside the trace), e.g. ``jitted(flow, 'inverse')``."""
+    _check_module(model)
+    if not callable(getattr(model, method, None)):
+        raise ValueError(f"{type(model).__name__} has no method {method!r}")
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda x: getattr(nnx.merge(graphdef, state), method)(x))
 
 
 def layer_names(model) -> list[str]:

@@ -62,6 +62,7 @@ __all__ = [
     "evaluate",
     "make_optimizer",
     "train",
+    "train_step_bytes",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -234,6 +235,34 @@ def batch_loss(model, xb, yb, config: TrainConfig, step, loss_of=None):
         r = inverse_gain(model.inverse, xb, out, v)
         loss = loss + config.inverse_penalty * jnp.mean((r / config.inverse_gain) ** 2)
     return loss
+
+
+def train_step_bytes(model, x, y, config: TrainConfig | None = None) -> int:
+    """Peak memory of one training step as XLA's buffer assignment plans it, in bytes.
+
+    The step is ``value_and_grad`` over the trainable parameters of :func:`batch_loss` (the
+    training loss of ``config``, default ``TrainConfig()``: segmentation, no inverse penalty;
+    ``task='regression'`` for a decoder) on the batch ``(x, y)``; the plan's size is
+    arguments + outputs + temporaries − aliased bytes (``compiled.memory_analysis()``). Only
+    ``config``'s loss fields (task, dice weight, inverse penalty) matter. Nothing runs: the
+    step is lowered and compiled, not executed.
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        m = nnx.merge(graphdef, p, rest, copy=True)
+        return batch_loss(m, x, y, config, 0)
+
+    stats = jax.jit(jax.value_and_grad(loss)).lower(params).compile().memory_analysis()
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
 
 
 @memoize_on_graph

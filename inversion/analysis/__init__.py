@@ -10,6 +10,8 @@
 * :mod:`~inversion.analysis.certificate`: :func:`certify`, the float64 local invertibility
   certificate (exact nullity, nullity at working precision or any tolerance, sigma_min,
   condition number, null space, input-error bound) that every rank statement comes from.
+* :mod:`~inversion.analysis.condition`: :func:`inverse_condition`, the relative condition
+  number of an invertible map's inverse, ``‖y‖ / (σ_min ‖x‖)``, from the certificate.
 * :mod:`~inversion.analysis.jacobian`: singular values, rank, nullity and log-volume of the
   Jacobian of any ``fn(x)`` (dense or matrix-free Lanczos).
 * :mod:`~inversion.analysis.layer_analysis`: :func:`layerwise`, every named layer of a network
@@ -25,6 +27,7 @@ from inversion.analysis.certificate import (
     nullities,
     summarize,
 )
+from inversion.analysis.condition import inverse_condition
 from inversion.analysis.conv_spectrum import (
     ConvSpectrum,
     circular_conv2d,
@@ -92,6 +95,7 @@ __all__ = [
     "conv_spectrum",
     "conv_transfer_matrices",
     "dense_jacobian",
+    "inverse_condition",
     "distance_to_preimage",
     "jacobian_spectrum",
     "layerwise_spectra",

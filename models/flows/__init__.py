@@ -4,7 +4,8 @@ Bijectors: :class:`Bijector` (base), :class:`Inverse`, :class:`Chain`, :class:`A
 (checkerboard and channel masks), :class:`AdditiveCoupling` (optionally with a certified
 Lipschitz bound on its conditioner), :class:`ActNorm` (data-dependent
 init), :class:`Conv1x1` (LU), :class:`Squeeze`, :class:`HaarDownsampling`,
-:class:`SplitChannels` (factor-out / skip) and :class:`IResNetBlock` (fixed-point inverse).
+:class:`SplitChannels` (factor-out / skip) and :class:`IResNetBlock` (fixed-point inverse;
+:func:`fixed_point_errors` measures its convergence against the a-priori bound).
 
 Networks built from them, each mapping an image to an image of the same shape:
 :class:`Flow` (RealNVP), :class:`Glow`, :class:`IRevNet`, :class:`IResNet` and
@@ -24,7 +25,7 @@ from models.flows.chain import Chain
 from models.flows.conv1x1 import Conv1x1
 from models.flows.glow import Glow
 from models.flows.haar import HaarDownsampling
-from models.flows.iresnet import IResNet, IResNetBlock
+from models.flows.iresnet import IResNet, IResNetBlock, fixed_point_errors
 from models.flows.irevnet import IRevNet
 from models.flows.iunet import InvertibleUNet
 from models.flows.realnvp import Flow
@@ -52,4 +53,5 @@ __all__ = [
     "InvertibleUNet",
     "SplitChannels",
     "Squeeze",
+    "fixed_point_errors",
 ]

@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from models import layers
@@ -165,3 +166,55 @@ class IResNet(Chain):
     def blocks(self) -> list[IResNetBlock]:
         """The residual blocks, in forward order."""
         return [b for b in self.layers if isinstance(b, IResNetBlock)]
+
+
+def fixed_point_errors(model: IResNet, x, iterations: int) -> list[dict]:
+    """How each block's fixed-point inverse converges on the batch ``x`` against its bound.
+
+    For every :class:`IResNetBlock` of ``model`` (in forward order), with ``x*`` the block's
+    true input on ``x`` and ``y = x* + g(x*)`` its output, the iterates ``x_{k+1} = y − g(x_k)``
+    from ``x_0 = y`` are compared with the a-priori (Banach) bound for ``k = 0 … iterations``:
+
+        ‖x_k − x*‖ ≤ L_g^k / (1 − L_g) · ‖g(y)‖      (per image; ``L_g``: lipschitz_bound()).
+
+    In float32 the iterates stall at about ``eps32·(‖y‖ + ‖g(y)‖)/(1 − L_g)``; ``float32_floor``
+    is 10 times that (the convolutions' accumulated rounding), and ``below_bound`` says whether
+    every image's error at every ``k`` is within ``bound + float32_floor``.
+
+    Returns one dict per block: ``lipschitz_bound`` (``L_g``), ``error`` and ``bound`` (the
+    medians over the images, length ``iterations + 1``), ``float32_floor`` (the median floor)
+    and ``below_bound``.
+    """
+    if not isinstance(model, IResNet):
+        raise TypeError(f"model must be a models.flows.IResNet, got {type(model).__name__}")
+    positive_int("iterations", iterations)
+    rows = []
+    h = x
+    for layer in model.layers:
+        if isinstance(layer, IResNetBlock):
+            y = layer.forward(h)
+
+            def step(xk, _, y=y, layer=layer, target=h):
+                err = jnp.sqrt(jnp.sum((xk - target) ** 2, axis=(1, 2, 3)))
+                return y - layer.residual(xk), err
+
+            _, errs = jax.jit(lambda y, step=step: jax.lax.scan(step, y, None, iterations + 1))(y)
+            lip = float(layer.lipschitz_bound())
+            first = np.asarray(jnp.sqrt(jnp.sum(layer.residual(y) ** 2, axis=(1, 2, 3))))
+            ks = np.arange(iterations + 1)
+            bound = lip ** ks[:, None] / (1 - lip) * first[None, :]
+            # float32: each step rounds at ~eps32 (|y| + |g|), so the iterates stall within
+            # that over (1 - L) of x*; 10x for the conv sums' accumulated rounding
+            size = np.asarray(jnp.sqrt(jnp.sum(y**2, axis=(1, 2, 3)))) + first
+            floor = 10 * float(jnp.finfo(jnp.float32).eps) * size / (1 - lip)
+            rows.append(
+                {
+                    "lipschitz_bound": lip,
+                    "error": np.median(np.asarray(errs), axis=1),
+                    "bound": np.median(bound, axis=1),
+                    "float32_floor": float(np.median(floor)),
+                    "below_bound": bool(np.all(np.asarray(errs) <= bound + floor[None, :])),
+                }
+            )
+        h = layer.forward(h)
+    return rows

@@ -230,13 +230,14 @@ class _Graph:
 
 
 class OnnxReference:
-    """onnxruntime (float32) and ``onnx.reference`` on a float64 copy of the graph (float64)."""
+    """onnxruntime (float32) and ``onnx.reference`` on a float64 copy of the graph (float64);
+    ``model`` is the imported ``onnx.ModelProto``."""
 
     def __init__(self, model, graph: _Graph):
         import onnxruntime
 
         self.name = f"onnxruntime {onnxruntime.__version__} (float32), onnx.reference (float64)"
-        self._model = model
+        self.model = model
         self._graph = graph
         self._sessions = {}
 
@@ -248,13 +249,13 @@ class OnnxReference:
                 options = onnxruntime.SessionOptions()
                 options.log_severity_level = 3
                 self._sessions[dtype] = onnxruntime.InferenceSession(
-                    self._model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                    self.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
                 )
             else:
                 from onnx.reference import ReferenceEvaluator
 
                 self._sessions[dtype] = ReferenceEvaluator(
-                    _as_float64(self._model, self._graph), new_ops=_float64_kernels()
+                    _as_float64(self.model, self._graph), new_ops=_float64_kernels()
                 )
         return self._sessions[dtype]
 

@@ -18,6 +18,7 @@ import pytest
 
 from experiments import __main__ as reproduce_cli
 from experiments import config as config_lib
+from experiments import provenance as provenance_lib
 from experiments.common import trained_seed_unet, write_metrics
 from experiments.config import ConfigError, ExperimentConfig, apply_overrides, parse_value
 
@@ -369,7 +370,7 @@ def test_metrics_record_config_versions_commit_and_backend(tmp_path):
     assert saved["config"]["kernels"] == [[3, 3, 1, 16]]
     assert saved["config"]["overrides"] == {}  # no get_config here: nothing to compare with
     prov = saved["provenance"]
-    assert set(prov["versions"]) == set(config_lib.PACKAGES)
+    assert set(prov["versions"]) == set(provenance_lib.PACKAGES)
     assert all(isinstance(v, str) and v for v in prov["versions"].values())
     assert prov["versions"]["numpy"] != "not installed"
     git = prov["git"]
@@ -392,16 +393,16 @@ def test_metrics_record_the_overrides_of_an_experiment_config(tmp_path):
 
 def test_git_state_is_unknown_outside_a_checkout(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert config_lib.git_state(tmp_path) == {"commit": "unknown", "dirty": None}
+    assert provenance_lib.git_state(tmp_path) == {"commit": "unknown", "dirty": None}
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
-    assert config_lib.git_state() == {"commit": "unknown", "dirty": None}
+    assert provenance_lib.git_state() == {"commit": "unknown", "dirty": None}
 
 
 def test_describe_commit():
     sha = "0123456789abcdef" * 2 + "01234567"
-    assert config_lib.describe_commit({"commit": sha, "dirty": True}) == "0123456789ab (dirty)"
-    assert config_lib.describe_commit({"commit": sha, "dirty": False}) == "0123456789ab"
-    assert config_lib.describe_commit({"commit": "unknown", "dirty": None}) == "unknown"
+    assert provenance_lib.describe_commit({"commit": sha, "dirty": True}) == "0123456789ab (dirty)"
+    assert provenance_lib.describe_commit({"commit": sha, "dirty": False}) == "0123456789ab"
+    assert provenance_lib.describe_commit({"commit": "unknown", "dirty": None}) == "unknown"
 
 
 def test_trained_seed_unet_refuses_an_unknown_train_profile():
@@ -466,3 +467,28 @@ def test_reproduce_refuses_a_field_no_selected_experiment_has(tmp_path, monkeypa
         )
     assert "bad value for field 'steps' of pooling_loss" in capsys.readouterr().err
     assert seen == {} and not (tmp_path / "report.md").exists()
+
+
+def test_unknown_names_empty_lists_and_bad_counts_are_refused_by_field():
+    """Silent before: networks=Glw trained nothing, ratios= ended in an IndexError, and
+    train_steps=-1 failed inside TrainConfig naming 'steps'."""
+    from experiments import invertible_baselines, relu_preimage
+
+    quick = invertible_baselines.get_config("quick")
+    with pytest.raises(ConfigError, match=r"'networks'.*'Glw' is not one of 'Glow', 'IRevNet'"):
+        apply_overrides(quick, ["networks=Glw"], name="invertible_baselines")
+    with pytest.raises(ConfigError, match=r"'networks'.*'Glw' not among the allowed 'Glow'"):
+        dataclasses.replace(quick, networks=("Glw",))  # built in code, not from the CLI
+    with pytest.raises(ConfigError, match="'networks' of invertible_baselines needs at least one"):
+        apply_overrides(quick, ["networks="])
+    with pytest.raises(
+        ConfigError, match="'train_steps' of invertible_baselines must be an int >= 1, got -1"
+    ):
+        apply_overrides(quick, ["train_steps=-1"])
+    both = apply_overrides(quick, ["networks=Glow,IRevNet", "ablations=('Glow[no penalty]',)"])
+    assert both.networks == ("Glow", "IRevNet") and both.ablations == ("Glow[no penalty]",)
+    ratios = relu_preimage.get_config("quick")
+    with pytest.raises(ConfigError, match=r"'ratios' of relu_preimage needs at least one entry"):
+        apply_overrides(ratios, ["ratios="])
+    with pytest.raises(ConfigError, match=r"'ratios' .*every entry.* > 0, got \(1.0, 0.0\)"):
+        apply_overrides(ratios, ["ratios=1,0"])

@@ -1,5 +1,6 @@
 """The learned-inverse decoder: shapes, clear errors, and what a learned inverse can reach."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,3 +81,22 @@ def test_cannot_beat_the_conditional_mean_of_a_lossy_map():
     optimum = _rel(jnp.repeat(jnp.repeat(pooled_test, 2, axis=1), 2, axis=2), x_test)
     learned = _rel(dec(pooled_test), x_test)
     assert 0.95 * optimum <= learned <= 1.3 * optimum, (learned, optimum)
+
+
+def test_learned_inverse_trains_once_through_the_cache(tmp_path):
+    from models.decoder import learned_inverse
+
+    inputs = _images(8, 8, 0)
+    forward = lambda x: 2.0 * x  # noqa: E731  (a toy Φ: the decoder should learn x = y / 2)
+    config = TrainConfig(task="regression", steps=2, batch_size=4, eval_every=2)
+    kwargs = dict(name="toy", config=config, width=4, depth=0, cache_dir=tmp_path)
+    first = learned_inverse(forward, inputs, **kwargs)
+    assert isinstance(first, Decoder) and first(jnp.asarray(inputs)).shape == inputs.shape
+    again = learned_inverse(forward, inputs, **kwargs)  # restored from the cache entry
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(first)), jax.tree.leaves(nnx.state(again)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(ValueError, match="task='regression'"):
+        learned_inverse(forward, inputs, name="toy", config=TrainConfig(steps=2))

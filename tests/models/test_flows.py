@@ -447,3 +447,23 @@ def test_bad_constructor_arguments():
         F.Glow(condition_on="passive", rngs=r)
     with pytest.raises(ValueError, match="lipschitz must be a positive number"):
         F.AdditiveCoupling(2, 4, 0, lipschitz=-1.0, rngs=r)
+
+
+def test_fixed_point_errors_stay_below_the_banach_bound():
+    """An i-ResNet block's iterates from x_0 = y approach x* within L^k/(1-L)·‖g(y)‖ (plus the
+    float32 floor) at every k; the error shrinks by about L a step until it stalls there."""
+    from models.flows import IResNet, fixed_point_errors
+
+    net = IResNet(1, 2, 1, lipschitz=0.9, rngs=nnx.Rngs(0))
+    for block in net.blocks:  # a non-trivial residual (conv2 is zero at init)
+        k = block.conv2.kernel
+        k[...] = 0.5 * jax.random.normal(jax.random.key(3), k[...].shape)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 1)), jnp.float32)
+    rows = fixed_point_errors(net, x, 12)
+    assert len(rows) == 1
+    for r in rows:  # L_g <= 0.9 up to the float32 rounding of its square-root factors
+        assert 0 < r["lipschitz_bound"] <= 0.9 * (1 + 1e-6) and r["below_bound"]
+        assert r["error"].shape == r["bound"].shape == (13,)
+        assert r["error"][0] > 0 and r["error"][12] <= r["error"][0] * r["lipschitz_bound"] ** 6
+    with pytest.raises(TypeError, match="IResNet"):
+        fixed_point_errors(net.blocks[0], x, 3)

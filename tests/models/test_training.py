@@ -381,3 +381,28 @@ def test_seed_unet_reaches_dice_090_on_synthetic_scenes():
     result = train(seed_unet(0), train_set, config=config, eval_data=test_set, progress=False)
     assert result.history["eval"][-1]["dice"] >= 0.90
     assert result.history["eval"][-1]["iou"] >= 0.80
+
+
+def test_train_step_bytes_plans_the_training_loss():
+    """The plan of batch_loss's value_and_grad: for regression, exactly the plan of the bare
+    MSE's value_and_grad (the same program)."""
+    from models.decoder import Decoder
+    from models.training import train_step_bytes
+
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 4, 4, 1)), jnp.float32)
+    model = Decoder(1, 1, width=2, depth=0, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def mse_loss(p):
+        return jnp.mean((nnx.merge(graphdef, p, rest, copy=True)(x) - x) ** 2)
+
+    stats = jax.jit(jax.value_and_grad(mse_loss)).lower(params).compile().memory_analysis()
+    direct = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+    assert train_step_bytes(model, x, x, TrainConfig(task="regression")) == direct
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train_step_bytes(model, x, x, {"task": "regression"})
