@@ -81,3 +81,25 @@ def test_cli_refuses_a_missing_budget(tmp_path):
     _write(tmp_path / "p.npz")
     with pytest.raises(SystemExit):
         time_to_quality.main(["--problem", str(tmp_path / "p.npz")])
+
+
+def test_leaky_family_at_slope_zero_is_the_network_and_leaks_otherwise(tmp_path):
+    """Slope 0 is the network itself (bitwise: the same operations, where(x >= 0, x, 0 x) =
+    relu(x) for finite x); a positive slope changes the output (an untrained U-Net has
+    negative pre-activations at a random input)."""
+    _, x_true = _write(tmp_path / "p.npz", n=1, size=8)
+    problem = seed_problem.load_problem(tmp_path / "p.npz")
+    fn = seed_problem.seed_unet_fn(problem.weights)
+    family = time_to_quality.seed_unet_family(problem.weights)
+    x = jnp.asarray(x_true[0])
+    np.testing.assert_array_equal(np.asarray(family(0.0)(x)), np.asarray(fn(x)))
+    assert float(jnp.max(jnp.abs(family(0.1)(x) - fn(x)))) > 0
+
+
+def test_cli_refuses_bad_certified_time_before_running(tmp_path):
+    _write(tmp_path / "p.npz")
+    for bad in ("x", "0,1", ""):
+        with pytest.raises(SystemExit):
+            time_to_quality.main(
+                ["--problem", str(tmp_path / "p.npz"), "--budget-s", "1", "--certified-time", bad]
+            )
