@@ -25,7 +25,7 @@ def text_detector_path() -> str:
 
 def logits_name(model: ImportedModel) -> str:
     """The value the graph's final Sigmoid reads (its logits)."""
-    graph = model.reference._model.graph
+    graph = model.reference.model.graph
     sigmoids = [node for node in graph.node if node.op_type == "Sigmoid"]
     if not sigmoids:
         raise ValueError("the network has no Sigmoid node")

@@ -197,7 +197,7 @@ def test_classifier_with_computed_reshape_runs_under_jit(classifier):
 def test_constant_node_weights_equal_initializers(unet):
     """Weights stored as Constant nodes (as paddle2onnx writes them) import as params."""
     _, model = unet
-    proto = model.reference._model
+    proto = model.reference.model
     moved = onnx.ModelProto.FromString(proto.SerializeToString())
     constants = [
         helper.make_node("Constant", [], [t.name], value=t) for t in moved.graph.initializer
@@ -245,7 +245,7 @@ def test_feature_fn_by_value_name_and_activations(unet):
     acts = models.activations(model, x)
     assert list(acts) == names
     # the head conv's output is the graph output; cut one node before: the last concat
-    concat = [n.output[0] for n in model.reference._model.graph.node if n.op_type == "Concat"]
+    concat = [n.output[0] for n in model.reference.model.graph.node if n.op_type == "Concat"]
     fn, params = models.feature_fn(model, concat[-1])
     np.testing.assert_array_equal(np.asarray(fn(params, x)), np.asarray(acts[concat[-1]]))
     assert fn(params, x).shape == (2, 8, 8, 8)  # NHWC
@@ -261,7 +261,7 @@ def test_jit_vmap_single_equals_batch_and_layout_round_trip(unet):
     single = jax.jit(jax.vmap(lambda xi: apply(params, xi[None])[0]))(x)
     # same ops, same order per image: equal to float32 rounding of a different fusion
     np.testing.assert_allclose(np.asarray(single), np.asarray(batched), rtol=1e-6, atol=1e-6)
-    nchw = models.from_onnx(model.reference._model, layout="NCHW")
+    nchw = models.from_onnx(model.reference.model, layout="NCHW")
     y = nchw.apply(nchw.params, jnp.transpose(x, (0, 3, 1, 2)))
     np.testing.assert_allclose(
         np.transpose(np.asarray(y), (0, 2, 3, 1)), np.asarray(batched), rtol=1e-6, atol=1e-6
@@ -358,7 +358,7 @@ def test_pretrained_text_detector_conforms(detector):
 
 def test_pretrained_detector_logits_by_name(detector):
     """Cut the graph before its final Sigmoid: sigmoid(logits) is the probability map."""
-    graph = detector.reference._model.graph
+    graph = detector.reference.model.graph
     (sigmoid,) = [n for n in graph.node if n.op_type == "Sigmoid"]
     logits_fn, params = models.feature_fn(detector, sigmoid.input[0])
     x = jnp.full((1, 32, 32, 3), 0.5, jnp.float32)
@@ -376,7 +376,7 @@ def test_pretrained_detector_logits_by_name(detector):
 def test_bad_inputs(tmp_path, unet):
     _, model = unet
     with pytest.raises(ValueError, match="layout"):
-        models.from_onnx(model.reference._model, layout="NWHC")
+        models.from_onnx(model.reference.model, layout="NWHC")
     text = tmp_path / "notes.onnx"
     text.write_text("this is not a protobuf")
     with pytest.raises(ValueError, match="not an ONNX"):
@@ -443,6 +443,6 @@ def test_pretrained_classifier_with_dynamic_reshapes_under_jit():
         os.path.dirname(rapidocr.__file__), "models", "ch_ppocr_mobile_v2.0_cls_infer.onnx"
     )
     model = models.from_onnx(path)
-    assert {"Shape", "Slice", "Reshape"} <= {n.op_type for n in model.reference._model.graph.node}
+    assert {"Shape", "Slice", "Reshape"} <= {n.op_type for n in model.reference.model.graph.node}
     report = models.conformance(model, _x((2, 48, 64, 3), seed=9) * 0.5, dtypes=("float32",))
     assert report["float32"].forward_max_rel <= 1e-5, report
