@@ -9,16 +9,20 @@ before any JAX computation.
 
 from inversion import analysis, closed_form, cpu_devices, losses, metrics, regularizers, solvers
 from inversion.dataset import DatasetResult, invert_dataset, load_dataset_result
+from inversion.driver import solve
 from inversion.engine import invert, invert_batch
 from inversion.objective import Objective
+from inversion.options import Execution, Problem, Starts
 from inversion.result import STATUS_NAMES, Result
-from inversion.solve import solve
 from inversion.visualize import visualize
 
 __all__ = [
     "STATUS_NAMES",
+    "Starts",
     "DatasetResult",
+    "Execution",
     "Objective",
+    "Problem",
     "Result",
     "analysis",
     "closed_form",

@@ -1,6 +1,8 @@
-"""Argument checks and option resolution for the engine, all run before anything compiles.
+"""Every argument check of the package, in one place; all run before anything compiles.
 
-Every bad value raises ``ValueError`` (or ``TypeError`` for a wrong type) naming the value and
+:func:`inversion.invert`, :func:`inversion.invert_batch`, :func:`inversion.solve`,
+:class:`inversion.Objective`, the option groups (:mod:`inversion.options`), the solvers and
+:func:`inversion.invert_dataset` call these, so one rule has one wording. Every bad value raises ``ValueError`` (or ``TypeError`` for a wrong type) naming the value and
 what was expected. Shapes are checked with ``jax.eval_shape``, which traces but never compiles.
 
 Arrays (targets, starts, bounds) must hold real numbers: booleans and integers are taken as
@@ -30,24 +32,131 @@ def check_callable(name: str, fn: Any) -> None:
         raise TypeError(f"{name} must be a callable x -> y, got {type(fn).__name__}")
 
 
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """An ``int`` (not ``bool``) ``>= minimum``."""
+INT32_MAX = 2**31 - 1  # step counters are int32
+
+
+def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    """An ``int`` or NumPy integer (not ``bool``) in ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.60}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
-def check_real(name: str, value: Any, *, positive: bool = False) -> float:
-    """A finite real number, ``>= 0`` (or ``> 0`` with ``positive``)."""
+def _real_scalar(name: str, value: Any) -> float:
+    """A Python, NumPy or concrete 0-d JAX real number as a float (``TypeError`` otherwise)."""
+    if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(f"{name} must be a concrete number, not a traced value")
+        if jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer):
+            return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.60}")
+    return float(value)
+
+
+def check_real(
+    name: str, value: Any, *, positive: bool = False, below: float | None = None
+) -> float:
+    """A finite real number ``>= 0`` (``> 0`` with ``positive``; ``< below`` when given)."""
+    value = _real_scalar(name, value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         expected = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be finite and {expected}, got {value}")
+    if below is not None and not value < below:
+        raise ValueError(f"{name} must be < {below}, got {value}")
     return value
+
+
+def check_unit_interval(name: str, value: Any, *, closed_low: bool = False) -> float:
+    """A real number in ``(0, 1)`` (``[0, 1)`` with ``closed_low``)."""
+    value = _real_scalar(name, value)
+    if not ((0 <= value if closed_low else 0 < value) and value < 1):
+        raise ValueError(f"{name} must lie in {'[' if closed_low else '('}0, 1), got {value}")
+    return value
+
+
+def check_tol(name: str, tol: Any) -> float | None:
+    """``None`` or a finite number ``>= 0`` (a stopping threshold)."""
+    return None if tol is None else check_real(name, tol)
+
+
+def check_steps(name: str, steps: Any) -> int:
+    """A step budget: an int in ``[1, 2**31 - 1]`` (the step counters are int32)."""
+    return check_int(name, steps, minimum=1, maximum=INT32_MAX)
+
+
+def check_loss(loss: Any) -> None:
+    """A loss name of :mod:`inversion.losses` or a callable (``ValueError``/``TypeError``)."""
+    from inversion.losses import get_loss
+
+    get_loss(loss)
+
+
+def as_regularizers(regularizers: Any) -> tuple[Callable, ...]:
+    """``None``, one callable or a tuple/list of callables, as a tuple (the one rule used by
+    :class:`inversion.Objective`, :class:`inversion.Problem` and the engine)."""
+    if regularizers is None:
+        return ()
+    if callable(regularizers):  # one prior (the NamedTuple priors are callable tuples)
+        return (regularizers,)
+    if not isinstance(regularizers, tuple | list):
+        raise TypeError(
+            "regularizers must be None, a callable x -> penalty or a tuple of them, got "
+            f"{type(regularizers).__name__}"
+        )
+    for i, r in enumerate(regularizers):
+        if not callable(r):
+            raise TypeError(f"regularizers[{i}] must be a callable x -> penalty, got {r!r:.60}")
+    return tuple(regularizers)
+
+
+def check_bounds_values(bounds: Any) -> None:
+    """``None`` or a pair ``(lo, hi)`` of real numbers or arrays, no NaN, ``lo < hi`` where
+    both are concrete (traced bounds, e.g. inside ``jax.jit``, are checked for type only)."""
+    if bounds is None:
+        return
+    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+        raise TypeError(f"bounds must be None or a pair (lo, hi), got {bounds!r:.80}")
+    values = []
+    for name, b in (("lo", bounds[0]), ("hi", bounds[1])):
+        try:
+            check_real_dtype(f"bounds {name}", b)
+        except TypeError as err:
+            raise TypeError(
+                f"{err} (bounds must be None or a pair (lo, hi) of numbers or "
+                "arrays; -inf/inf for no bound)"
+            ) from None
+        if isinstance(b, jax.core.Tracer):
+            return
+        b = np.asarray(b, dtype=np.float64)
+        if np.any(np.isnan(b)):
+            raise ValueError(f"bounds {name} contains NaN; expected numbers (inf allowed)")
+        values.append(b)
+    lo, hi = values
+    try:
+        bad = np.any(lo >= hi)
+    except ValueError:
+        raise ValueError(
+            f"bounds lo of shape {lo.shape} and hi of shape {hi.shape} do not broadcast together"
+        ) from None
+    if bad:
+        raise ValueError(
+            f"bounds need lo < hi everywhere, got lo={bounds[0]!r:.60}, hi={bounds[1]!r:.60}"
+        )
+
+
+def check_solver(solver: Any) -> None:
+    from inversion.solvers.base import Solver
+
+    if not isinstance(solver, Solver):
+        raise TypeError(
+            "solver must be an inversion.solvers.Solver (e.g. solvers.LBFGS(), "
+            f"solvers.Optax(optax.adam(1e-2))), got {type(solver).__name__}"
+        )
 
 
 def check_real_dtype(name: str, value: Any) -> np.dtype:
@@ -100,10 +209,14 @@ def as_finite_array(name: str, value: Any, dtype: Any = None) -> jax.Array:
     return jnp.asarray(arr, dtype=dtype)
 
 
+def check_loop_name(loop: Any) -> None:
+    if not isinstance(loop, str) or loop not in LOOPS:
+        raise ValueError(f"unknown loop {loop!r:.60}; expected one of {list(LOOPS)}")
+
+
 def check_loop(loop: str, *, platform: str) -> str:
     """Resolve ``'auto'`` to ``'python'`` on CPU and ``'compiled'`` on accelerators."""
-    if loop not in LOOPS:
-        raise ValueError(f"unknown loop {loop!r}; expected one of {list(LOOPS)}")
+    check_loop_name(loop)
     if loop == "auto":
         return "python" if platform == "cpu" else "compiled"
     return loop
@@ -152,16 +265,7 @@ def check_bounds(bounds: Any, x_shape: tuple[int, ...], dtype: Any):
     """``None`` or ``(lo, hi)`` scalars/arrays broadcastable to one input, with ``lo < hi``."""
     if bounds is None:
         return None
-    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
-        raise TypeError(f"bounds must be None or a pair (lo, hi), got {bounds!r}")
-    for name, b in (("lo", bounds[0]), ("hi", bounds[1])):
-        try:
-            check_real_dtype(f"bounds {name}", b)
-        except TypeError as err:
-            raise TypeError(
-                f"{err} (bounds must be None or a pair (lo, hi) of numbers or "
-                "arrays; -inf/inf for no bound)"
-            ) from None
+    check_bounds_values(bounds)
     lo = np.asarray(bounds[0], dtype=np.float64)
     hi = np.asarray(bounds[1], dtype=np.float64)
     for name, b in (("lo", lo), ("hi", hi)):
@@ -171,10 +275,6 @@ def check_bounds(bounds: Any, x_shape: tuple[int, ...], dtype: Any):
             raise ValueError(
                 f"bounds {name} of shape {b.shape} does not broadcast to the input shape {x_shape}"
             ) from None
-        if np.any(np.isnan(b)):
-            raise ValueError(f"bounds {name} contains NaN; expected numbers (inf allowed)")
-    if np.any(lo >= hi):
-        raise ValueError(f"bounds need lo < hi everywhere, got lo={bounds[0]!r}, hi={bounds[1]!r}")
     if lo.ndim == 0 and hi.ndim == 0:  # plain floats keep the problem hashable (program reuse)
         return float(lo), float(hi)
     return jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
@@ -266,6 +366,11 @@ def output_struct(fn: Callable, x_shape: tuple[int, ...], dtype: Any) -> jax.Sha
         ) from err
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(f"fn must return a single array, got the structure {out}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"fn returns an array of dtype {out.dtype}; expected a floating-point output "
+            "(an integer or boolean output has no gradient with respect to the input)"
+        )
     return out
 
 
@@ -288,3 +393,46 @@ def check_objective(objective: Callable, x_struct, y_struct) -> None:
         ) from err
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         raise ValueError(f"loss + regularizers must return a scalar, got {out}")
+
+
+def solve_arguments(objective: Any, solver: Any, x0: Any, max_steps: Any, tol: Any):
+    """The checks of :func:`inversion.solve`: ``(x0 as an array in the working dtype,
+    max_steps, tol)``. Shapes and dtypes are checked with ``jax.eval_shape`` (so this works on
+    traced values inside ``jax.jit``/``vmap``); values (NaN in ``x0``) only where concrete."""
+    from inversion.objective import Objective
+
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be an inversion.Objective, got {type(objective).__name__}")
+    check_solver(solver)
+    max_steps = check_steps("max_steps", max_steps)
+    tol = check_tol("tol", tol)
+    check_real_dtype("x0", x0)
+    x0 = x0 if isinstance(x0, jax.core.Tracer) else as_finite_array("x0", x0)
+    x0 = jnp.asarray(x0)
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        x0 = x0.astype(jnp.float32)
+    x_shape = tuple(x0.shape)
+    check_input_size("x0", x_shape, x_shape)
+    out = output_struct(objective.fn, x_shape, x0.dtype)
+    work = working_dtype(x0.dtype, out.dtype)
+    if work != x0.dtype:  # e.g. a bfloat16 x0 and a float32 fn: solve in float32
+        x0 = x0.astype(work)
+        out = output_struct(objective.fn, x_shape, work)
+    check_output_size(out.shape, x_shape)
+    check_target_shape("objective.target", tuple(np.shape(objective.target)), out.shape, x_shape)
+    if objective.bounds is not None:
+        for name, b in zip(("lo", "hi"), objective.bounds, strict=True):
+            try:
+                np.broadcast_shapes(np.shape(b), x_shape)
+            except ValueError:
+                raise ValueError(
+                    f"objective bounds {name} of shape {np.shape(b)} does not broadcast to the "
+                    f"shape of x0 {x_shape}"
+                ) from None
+    solver.check(objective)
+    check_objective(
+        lambda x, y: objective.value(x),
+        jax.ShapeDtypeStruct(x_shape, x0.dtype),
+        jax.ShapeDtypeStruct(out.shape, out.dtype),
+    )
+    return x0, max_steps, tol

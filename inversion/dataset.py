@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import io
 import itertools
 import json
@@ -80,8 +79,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from inversion.engine import invert_batch, resolve_solver
+from inversion import checks
+from inversion.engine import DEFAULT_SOLVER, invert_batch
 from inversion.objective import Objective
+from inversion.options import Execution, Problem, Starts, from_keywords
 from inversion.result import STATUS_NAMES
 
 try:
@@ -94,7 +95,6 @@ LOCK = ".lock"
 _SHA256 = re.compile("[0-9a-f]{64}")
 FIELDS = ("x", "loss", "residual", "steps", "status_code")
 VERSION = 1
-_OPTIONS = frozenset(inspect.signature(invert_batch).parameters) - {"fn", "targets", "progress"}
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -129,30 +129,41 @@ def _hash_array(h, a) -> None:
     h.update(np.ascontiguousarray(a).tobytes())
 
 
-def fingerprint(fn, target_example: Any, **invert_options) -> str:
+def fingerprint(
+    fn,
+    target_example: Any,
+    *,
+    x0: Any = None,
+    solver: Any = None,
+    steps: int = 500,
+    tol: float | None = None,
+    problem: Problem | None = None,
+    starts: Starts | None = None,
+    execution: Execution | None = None,
+    chunk_rows: int | None = None,
+) -> str:
     """SHA-256 of what determines the results: the program of one solver step (``fn``, loss,
     regularizers, bounds and solver, as a jaxpr with its constants, e.g. the weights) and every
-    other option (steps, tol, key, starts, restarts, ...). Equal fingerprints mean the same
+    other option that changes a row's answer (steps, tol, the starts: ``x0`` or key, scale,
+    restarts and shape; the loop, time limit and chunk size). Equal fingerprints mean the same
     computation on the same targets gives the same results."""
-    options = dict(invert_options)
-    solver = resolve_solver(
-        options.pop("solver", None), options.pop("optimizer", None),
-        options.pop("learning_rate", None),
-    )  # fmt: skip
+    solver = DEFAULT_SOLVER if solver is None else solver
+    problem = Problem() if problem is None else problem
+    starts = Starts() if starts is None else starts
+    execution = Execution() if execution is None else execution
     y = jnp.asarray(target_example)
-    x0 = options.get("x0")
-    x_shape = tuple(options["x_shape"]) if options.get("x_shape") is not None else None
+    x_shape = starts.x_shape
     if x_shape is None:
         if x0 is None:
-            raise ValueError("give x0 or x_shape (one input's shape); got neither")
-        lead = 2 if options.get("restarts", 1) > 1 else 1
-        x_shape = tuple(np.shape(x0)[lead:])
+            raise ValueError(
+                "give x0 or starts=Starts(x_shape=...) (one input's shape); got neither"
+            )
+        x_shape = tuple(np.shape(x0)[2 if starts.restarts > 1 else 1 :])
 
     def one_step(x, y):
         objective = Objective(
-            fn, y, loss=options.get("loss", "mse"), regularizers=options.get("regularizers", ()),
-            bounds=options.get("bounds"),
-        )  # fmt: skip
+            fn, y, loss=problem.loss, regularizers=problem.regularizers, bounds=problem.bounds
+        )
         return solver.step(objective, x, solver.init(objective, x))
 
     closed = jax.make_jaxpr(one_step)(jnp.zeros(x_shape, jnp.float32), y)
@@ -160,16 +171,18 @@ def fingerprint(fn, target_example: Any, **invert_options) -> str:
     h.update(str(closed.jaxpr).encode())
     for const in closed.consts:
         _hash_array(h, const)
-    h.update(type(solver).__name__.encode())
-    for name in sorted(options):
-        value = options[name]
-        if name in ("x0", "key") and value is not None:
+    h.update(type(solver).__name__.encode())  # its hyperparameters are in the jaxpr
+    for name, value in (("x0", x0), ("key", starts.key)):
+        if value is not None:
             h.update(name.encode())
             _hash_array(h, value)
-        elif name in ("loss", "regularizers", "bounds", "mesh"):
-            continue  # in the jaxpr, or (mesh) does not change the per-row results
-        else:
-            h.update(f"{name}={value!r}".encode())
+    options = dict(
+        steps=steps, tol=tol, x_shape=x_shape, init_scale=starts.init_scale,
+        restarts=starts.restarts, loop=execution.loop, time_limit=execution.time_limit,
+        chunk=execution.chunk, chunk_rows=chunk_rows,
+    )  # fmt: skip
+    for name in sorted(options):
+        h.update(f"{name}={options[name]!r}".encode())
     return h.hexdigest()
 
 
@@ -618,9 +631,15 @@ def invert_dataset(
     *,
     out_dir: str | os.PathLike,
     chunk_rows: int = 256,
-    progress: bool = True,
+    x0: Any = None,
     x0_shared: Any = None,
-    **invert_options,
+    solver: Any = None,
+    steps: int = 500,
+    tol: float | None = None,
+    problem: Problem | None = None,
+    starts: Starts | None = None,
+    execution: Execution | None = None,
+    **deprecated: Any,
 ) -> DatasetResult:
     """Invert every row of ``targets`` like :func:`inversion.invert_batch`, chunk by chunk,
     writing results to ``out_dir`` as they finish (see the module docstring).
@@ -630,14 +649,15 @@ def invert_dataset(
         targets: an array or NumPy memmap (``np.load(path, mmap_mode='r')``) with the targets
             along the leading axis, or an iterable of such batches (any sizes).
         out_dir: the results folder (created if needed); a second call resumes.
-        chunk_rows: targets per chunk (the unit of work lost by an interruption).
-        progress: a tqdm bar with targets per second and, for arrays, the ETA.
-        x0_shared: one input, the start of every target (instead of ``x0`` with one start per
-            target, which needs ``targets`` as an array); memory then stays one chunk's worth
-            for a stream of targets.
-        invert_options: any option of ``invert_batch`` (``solver``, ``steps``, ``bounds``,
-            ``key``, ``x0`` with one start per target, ...). ``mesh`` defaults to all devices of
-            all processes when ``jax.distributed`` runs several.
+        chunk_rows: TARGETS per saved chunk (the unit of work lost by an interruption).
+        x0: one start per target (needs ``targets`` as an array), or ``None``.
+        x0_shared: one input, the start of every target (instead of ``x0``); memory then stays
+            one chunk's worth for a stream of targets.
+        solver, steps, tol, problem, starts, execution: as for ``invert_batch``. Without
+            ``execution``, a progress bar (targets per second and, for arrays, the ETA) is
+            shown; ``execution.chunk`` (targets solved at once) defaults to ``chunk_rows``.
+            ``execution.mesh`` defaults to all devices of all processes when
+            ``jax.distributed`` runs several.
 
     Returns:
         A :class:`DatasetResult` (what :func:`load_dataset_result` returns for ``out_dir``).
@@ -649,18 +669,25 @@ def invert_dataset(
             different options, another format version, or damaged.
         KeyboardInterrupt: after the finished chunks are saved (the chunk in flight is lost).
     """
-    unknown = set(invert_options) - _OPTIONS
-    if unknown:
-        raise TypeError(f"invert_dataset got unknown options {sorted(unknown)}")
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+    bar_default = execution is None and "progress" not in deprecated
+    solver, problem, starts, execution = from_keywords(
+        "invert_dataset", solver=solver, problem=problem, starts=starts, execution=execution,
+        keywords=deprecated,
+    )  # fmt: skip
+    if bar_default:
+        execution = dataclasses.replace(execution, progress=True)
+    chunk_rows = checks.check_int("chunk_rows", chunk_rows, minimum=1)
+    steps = checks.check_steps("steps", steps)
+    tol = checks.check_tol("tol", tol)
     out_dir = pathlib.Path(out_dir)
-    x0_all = invert_options.pop("x0", None)
+    x0_all = x0
     if x0_shared is not None:
         if x0_all is not None:
             raise ValueError("give x0 (one start per target) or x0_shared (one for all), not both")
+        checks.check_real_dtype("x0_shared", x0_shared)
         x0_shared = np.asarray(x0_shared)
     if x0_all is not None:
+        checks.check_real_dtype("x0", x0_all)
         if not isinstance(targets, np.ndarray | jax.Array):
             raise ValueError("x0 (one start per target) needs targets as an array or memmap")
         if np.shape(x0_all)[0] != targets.shape[0]:
@@ -668,34 +695,36 @@ def invert_dataset(
                 f"x0 has {np.shape(x0_all)[0]} starts for {targets.shape[0]} targets; "
                 "expected one per target"
             )
+    invert_options = dict(
+        solver=solver, steps=steps, tol=tol, problem=problem, starts=starts, execution=execution
+    )
     run_id = secrets.token_hex(8)
     lock = _open_out_dir(out_dir, run_id)  # before anything is traced or compiled
     try:
-        return _invert_locked(fn, targets, out_dir, chunk_rows, progress, x0_shared, x0_all,
-                              run_id, invert_options)  # fmt: skip
+        return _invert_locked(fn, targets, out_dir, chunk_rows, x0_shared, x0_all, run_id,
+                              invert_options)  # fmt: skip
     finally:
         _release(lock)
 
 
 def _invert_locked(
-    fn, targets, out_dir, chunk_rows, progress, x0_shared, x0_all, run_id, invert_options
+    fn, targets, out_dir, chunk_rows, x0_shared, x0_all, run_id, invert_options
 ) -> DatasetResult:
     """The body of :func:`invert_dataset`, run while this run holds ``out_dir``'s lock."""
-    if jax.process_count() > 1 and invert_options.get("mesh") is None:
-        invert_options["mesh"] = jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
+    execution = invert_options["execution"]
+    progress = execution.progress
+    if jax.process_count() > 1 and execution.mesh is None:
+        execution = dataclasses.replace(
+            execution, mesh=jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
+        )
+    invert_options["execution"] = dataclasses.replace(execution, progress=False)
     n_rows = int(targets.shape[0]) if isinstance(targets, np.ndarray | jax.Array) else None
     chunks = _batches(targets, chunk_rows)
     first = next(chunks, None)
     if first is None:
         raise ValueError("targets holds no rows")
-    fingerprint_options = dict(invert_options)
-    if x0_all is not None:
-        fingerprint_options["x0"] = x0_all
-    elif x0_shared is not None:
-        fingerprint_options["x0"] = x0_shared[None]
-    else:
-        fingerprint_options.setdefault("x_shape", invert_options.get("x_shape"))
-    fp = fingerprint(fn, first[0], chunk_rows=chunk_rows, **fingerprint_options)
+    starts_x0 = x0_all if x0_all is not None else None if x0_shared is None else x0_shared[None]
+    fp = fingerprint(fn, first[0], x0=starts_x0, chunk_rows=chunk_rows, **invert_options)
 
     process = jax.process_index()
     previous = _read_manifest(out_dir)
@@ -718,12 +747,15 @@ def _invert_locked(
 
     def solve_chunk(c: int, batch: np.ndarray) -> None:
         start = c * chunk_rows
-        opts = dict(invert_options)
+        x0 = None
         if x0_all is not None:
-            opts["x0"] = np.asarray(x0_all[start : start + batch.shape[0]])
+            x0 = np.asarray(x0_all[start : start + batch.shape[0]])
         elif x0_shared is not None:
-            opts["x0"] = np.broadcast_to(x0_shared, (batch.shape[0], *x0_shared.shape))
-        result = invert_batch(fn, batch, chunk=batch.shape[0], **opts)
+            x0 = np.broadcast_to(x0_shared, (batch.shape[0], *x0_shared.shape))
+        opts = dict(invert_options)
+        if opts["execution"].chunk is None:  # the whole saved chunk at once
+            opts["execution"] = dataclasses.replace(opts["execution"], chunk=batch.shape[0])
+        result = invert_batch(fn, batch, x0, **opts)
         rows = _owned_rows(result.x)
         arrays = {"rows": (start + rows).astype(np.int64)}
         for name in FIELDS:

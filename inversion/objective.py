@@ -17,28 +17,15 @@ Nothing here reads a value back to the host, so every method is traceable.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from inversion import checks
 from inversion.losses import LossFn, get_loss
-
-
-def _as_regularizers(regularizers: Any) -> tuple[Callable[[Array], Array], ...]:
-    if callable(regularizers):
-        return (regularizers,)
-    if not isinstance(regularizers, Sequence) or isinstance(regularizers, str):
-        raise TypeError(
-            "regularizers must be a callable x -> penalty or a tuple of them, "
-            f"got {type(regularizers).__name__}"
-        )
-    for i, r in enumerate(regularizers):
-        if not callable(r):
-            raise TypeError(f"regularizers[{i}] must be a callable x -> penalty, got {r!r}")
-    return tuple(regularizers)
 
 
 def _is_static_bound(b: Any) -> bool:
@@ -53,9 +40,10 @@ class Objective:
         fn: pure map from one input to one output (close over the weights).
         target: the output ``y`` to match (an array, possibly traced).
         loss: ``'mse'``, ``'normalized'``, ``'cosine'`` or a callable ``(pred, target) -> scalar``.
-        regularizers: a callable ``x -> penalty`` or a tuple of them.
+        regularizers: ``None``, a callable ``x -> penalty`` or a tuple of them.
         bounds: ``None`` or ``(lo, hi)``: Python numbers (static) or arrays broadcastable to one
-            input (leaves); ``-inf``/``inf`` leave a side open.
+            input (leaves), with ``lo < hi`` and no NaN (checked where concrete);
+            ``-inf``/``inf`` leave a side open.
 
     The least-squares form used by Gauss-Newton solvers exists for ``'mse'`` and
     ``'normalized'``: ``L(fn(x), y) = 1/2 ||r(x)||^2`` with ``r(x) = c (fn(x) - y)``, ``c =
@@ -72,15 +60,13 @@ class Objective:
         regularizers: Any = (),
         bounds: tuple[Any, Any] | None = None,
     ):
-        if not callable(fn):
-            raise TypeError(f"fn must be a callable x -> y, got {type(fn).__name__}")
-        if bounds is not None and (not isinstance(bounds, tuple | list) or len(bounds) != 2):
-            raise TypeError(f"bounds must be None or a pair (lo, hi), got {bounds!r}")
+        checks.check_callable("fn", fn)
+        checks.check_bounds_values(bounds)
         self.fn = fn
         self.target = target
         self.loss_name = loss if isinstance(loss, str) else None
         self.loss = get_loss(loss)
-        self.regularizers = _as_regularizers(regularizers)
+        self.regularizers = checks.as_regularizers(regularizers)
         self.bounds = None if bounds is None else tuple(bounds)
 
     # -- pytree ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from inversion import checks
+
 Regularizer = Callable[[Array], Array]
 
 
@@ -106,20 +108,9 @@ def l2_prior(weight: float, prior: Array) -> L2Prior:
 
 
 def as_tuple(regularizers: Regularizer | Sequence[Regularizer] | None) -> tuple[Regularizer, ...]:
-    """Normalise ``None``, one callable or a sequence of callables to a tuple, checking types."""
-    if regularizers is None:
-        return ()
-    if callable(regularizers):  # one prior (the NamedTuples above are callable tuples)
-        return (regularizers,)
-    if not isinstance(regularizers, tuple | list):
-        raise TypeError(
-            f"regularizers must be a callable or a tuple of callables, got "
-            f"{type(regularizers).__name__}"
-        )
-    for r in regularizers:
-        if not callable(r):
-            raise TypeError(f"each regularizer must be a callable x -> scalar, got {r!r}")
-    return tuple(regularizers)
+    """Normalise ``None``, one callable or a sequence of callables to a tuple, checking types
+    (:func:`inversion.checks.as_regularizers`)."""
+    return checks.as_regularizers(regularizers)
 
 
 def total(regularizers: Sequence[Regularizer], x: Array) -> Array:

@@ -48,9 +48,13 @@ CONVERGED = 1
 DIVERGED = 2
 STALLED = 3
 ZERO_GRADIENT = 4
-STATUS_NAMES = ("max_steps", "converged", "diverged", "stalled", "zero_gradient")
-"""Status names by code: ``max_steps`` (ran out of steps), ``converged`` (objective <= ``tol``,
-the solver's own convergence test, or exactly 0 with a zero gradient at the start), ``diverged`` (a non-finite
+STATIONARY = 5
+STATUS_NAMES = ("max_steps", "converged", "diverged", "stalled", "zero_gradient", "stationary")
+"""Status names by code: ``max_steps`` (ran out of steps), ``converged`` (the objective
+reached ``tol``, or is exactly 0 with a zero gradient at the start: the problem is solved to
+the asked accuracy), ``stationary`` (the solver's first-order test held: the projected
+gradient norm fell to its ``gtol``; a stationary point, which need not solve the problem:
+compare ``loss`` or ``residual``), ``diverged`` (a non-finite
 objective or iterate), ``stalled`` (the solver can make no further progress, e.g. its trust
 region collapsed), ``zero_gradient`` (every entry of ``grad J`` is exactly 0 at the start while
 ``J`` is not: no gradient-based solver can move, e.g. a saturated sigmoid; the run ends after
@@ -75,9 +79,9 @@ class Result:
             ``y = 0``; ``+inf`` when ``fn(x)`` is not finite). Input-space error is not known
             to the engine and is never mixed in.
         steps: number of optimiser updates actually applied.
-        status_code: ``0`` max_steps, ``1`` converged (objective <= tol, or the solver's own
-            test), ``2`` diverged, ``3`` stalled, ``4`` zero_gradient (names in
-            :data:`STATUS_NAMES`).
+        status_code: ``0`` max_steps, ``1`` converged (objective <= tol), ``2`` diverged,
+            ``3`` stalled, ``4`` zero_gradient, ``5`` stationary (the solver's gradient test;
+            names in :data:`STATUS_NAMES`).
         restarts: number of restarts along axis 1 (``0`` when there is no restart axis).
     """
 
@@ -91,7 +95,8 @@ class Result:
 
     @property
     def status(self) -> str | np.ndarray:
-        """``'max_steps'``, ``'converged'``, ``'diverged'``, ``'stalled'`` or ``'zero_gradient'``;
+        """``'max_steps'``, ``'converged'``, ``'diverged'``, ``'stalled'``, ``'zero_gradient'``
+        or ``'stationary'``;
         a numpy string array for batches (reads the codes back to the host: not for use under ``jit``)."""
         codes = np.asarray(self.status_code)
         names = np.asarray(STATUS_NAMES)[codes]
@@ -99,8 +104,14 @@ class Result:
 
     @property
     def converged(self) -> jax.Array:
-        """Boolean array: objective reached ``tol``."""
+        """Boolean array: the objective reached ``tol`` (never set by a solver's gradient test:
+        that is :attr:`stationary`)."""
         return self.status_code == CONVERGED
+
+    @property
+    def stationary(self) -> jax.Array:
+        """Boolean array: the solver's gradient test (``gtol``) stopped the run."""
+        return self.status_code == STATIONARY
 
     @property
     def diverged(self) -> jax.Array:

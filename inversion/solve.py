@@ -1,8 +1,8 @@
-"""``solve(objective, solver, x0, *, max_steps)``: one pure, traceable inversion.
+"""The per-row rules every driver shares: the carry of one row, one step, and the finish.
 
-The per-row rules every driver shares (this function, and the batched engine in
-:mod:`inversion.loop`, which ``vmap``s :func:`advance` and :func:`finish`). With ``P`` the
-projection onto the bounds, the start is ``x_0 = P(x0)`` and step ``i`` of a running row does::
+:mod:`inversion.driver` starts rows (``x_0 = P(x0)``, the solver initialised there), and
+runs :func:`advance` under ``jax.vmap`` in its loops, and :func:`inversion.solve` runs it on
+one row. With ``P`` the projection onto the bounds, step ``i`` of a running row does::
 
     x_new, state = solver.step(objective, x_i, state)      # state.value = J(x_i)
     if J(x_i) is not finite:   stop 'diverged', return x_{i-1}          (last finite iterate)
@@ -11,6 +11,7 @@ projection onto the bounds, the start is ``x_0 = P(x0)`` and step ``i`` of a run
                                stop 'converged' if J(x_0) == 0 else 'zero_gradient', return x_0
     elif x_new is not finite:  stop 'diverged', return x_i
     else:                      x_{i+1} = x_new; stop if solver.terminate(...) says so
+                               ('stationary' at a small projected gradient, 'stalled', ...)
 
 A gradient that is exactly zero at the start (a saturated sigmoid's probabilities, all ReLUs
 dead) leaves every gradient-based solver where it is, so the row ends at once, after 0 steps,
@@ -21,9 +22,6 @@ left to the solver (momentum, for one, may carry the iterate on).
 
 A stopped row is frozen (its ``x`` and solver state no longer change), so extra steps are
 no-ops: any batch size, chunking or loop gives the same per-row answer.
-
-``solve`` never reads a value back to the host: wrap it in ``jax.jit``, ``jax.vmap`` or
-``shard_map`` yourself. The loop is a ``lax.while_loop`` that stops when the row stops.
 """
 
 from __future__ import annotations
@@ -36,30 +34,22 @@ from jax import lax
 from jaxtyping import Array
 
 from inversion.objective import Objective
-from inversion.result import CONVERGED, DIVERGED, ZERO_GRADIENT, Result
+from inversion.result import CONVERGED, DIVERGED, ZERO_GRADIENT
 from inversion.solvers.base import RUNNING, Solver
 
 
-class Row(NamedTuple):
-    """The driver's carry for one row (besides the history)."""
+class Carry(NamedTuple):
+    """Everything one row carries from step to step (optax style: explicit, no hidden state).
+
+    A batch of rows is the same type with a leading row axis on every field (``jax.vmap``).
+    """
 
     x: Array  # current iterate
     x_prev: Array  # previous iterate, returned if the current one has a non-finite objective
     state: Any  # the solver's state
-    code: Array  # RUNNING (= MAX_STEPS), CONVERGED, DIVERGED, STALLED or ZERO_GRADIENT
+    code: Array  # RUNNING (= MAX_STEPS) or a final status (inversion.result)
     n: Array  # solver steps applied
-
-
-def start(objective: Objective, solver: Solver, x0: Array) -> Row:
-    """The carry before the first step: ``x = P(x0)``, the solver initialised there."""
-    x = objective.project(x0)
-    return Row(
-        x=x,
-        x_prev=x,
-        state=strong(solver.init(objective, x)),
-        code=jnp.asarray(RUNNING, jnp.int32),
-        n=jnp.zeros((), jnp.int32),
-    )
+    history: Array  # (steps,): the objective at every iterate, filled as the steps run
 
 
 def strong(tree: Any) -> Any:
@@ -83,11 +73,9 @@ def _grad_zero(solver: Solver, state: Any) -> Array:
         ) from None
 
 
-def advance(objective: Objective, solver: Solver, row: Row, tol: float | None) -> tuple[Row, Array]:
-    """One step of one row by the rules of the module docstring.
-
-    Returns ``(row, value)`` with ``value = J(x_i)`` (``0`` where it is not finite).
-    """
+def advance(objective: Objective, solver: Solver, row: Carry, i: Array, tol: float | None) -> Carry:
+    """Step ``i`` of one row by the rules of the module docstring; ``history[i]`` becomes
+    ``J(x_i)`` (``0`` where it is not finite)."""
     x_new, new_state = solver.step(objective, row.x, row.state)
     value = new_state.value
     active = row.code == RUNNING
@@ -109,10 +97,12 @@ def advance(objective: Objective, solver: Solver, row: Row, tol: float | None) -
     n = jnp.where(move, row.n + 1, jnp.where(bad_v, jnp.maximum(row.n - 1, 0), row.n))
     done, status = solver.terminate(objective, x, state)
     code = jnp.where(move & done, status, code).astype(jnp.int32)
-    return Row(x, x_prev, state, code, n), jnp.where(finite_v, value, 0.0)
+    value = jnp.where(finite_v, value, 0.0).astype(row.history.dtype)
+    history = lax.dynamic_update_index_in_dim(row.history, value, i, 0)
+    return Carry(x, x_prev, state, code, n, history)
 
 
-def finish(objective: Objective, row: Row, history: Array, tol: float | None) -> tuple:
+def finish(objective: Objective, row: Carry, tol: float | None) -> tuple:
     """Final ``(x, history, loss, residual, steps, code)`` of one row.
 
     A row still running whose last iterate has a non-finite objective is reverted to its
@@ -130,48 +120,6 @@ def finish(objective: Objective, row: Row, history: Array, tol: float | None) ->
     residual = objective.relative_residual(x)
     loss = jnp.where(jnp.isnan(loss), jnp.inf, loss)
     residual = jnp.where(jnp.isnan(residual), jnp.inf, residual)
+    history = row.history
     history = jnp.where(jnp.arange(history.shape[0]) >= n, loss.astype(history.dtype), history)
     return x, history, loss, residual, n, code.astype(jnp.int32)
-
-
-def solve(
-    objective: Objective,
-    solver: Solver,
-    x0: Array,
-    *,
-    max_steps: int,
-    tol: float | None = None,
-) -> Result:
-    """Minimise ``objective`` from ``x0`` with ``solver`` for at most ``max_steps`` steps.
-
-    Pure and traceable: ``jax.jit(jax.vmap(lambda y, x0: solve(Objective(fn, y), solver, x0,
-    max_steps=100)))`` inverts many targets in one program. The row stops early when its
-    objective reaches ``tol``, when it diverges, when the gradient is exactly zero at the start
-    (status ``'zero_gradient'``, see the module docstring), or when ``solver.terminate`` says so.
-
-    Returns a :class:`inversion.Result` for one target: ``x`` (the input's shape),
-    ``history`` ``(max_steps,)``, and scalar ``loss``, ``residual``, ``steps`` and
-    ``status_code``.
-    """
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
-    if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be an inversion.Objective, got {type(objective).__name__}")
-    if not isinstance(solver, Solver):
-        raise TypeError(f"solver must be an inversion.solvers.Solver, got {type(solver).__name__}")
-    x0 = jnp.asarray(x0)
-    row = start(objective, solver, x0)
-    history = jnp.zeros((max_steps,), jnp.result_type(row.x))
-
-    def cond(carry):
-        i, row, _ = carry
-        return (i < max_steps) & (row.code == RUNNING)
-
-    def body(carry):
-        i, row, history = carry
-        row, value = advance(objective, solver, row, tol)
-        history = lax.dynamic_update_index_in_dim(history, value.astype(history.dtype), i, 0)
-        return i + 1, row, history
-
-    _, row, history = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), row, history))
-    return Result(*finish(objective, row, history, tol))

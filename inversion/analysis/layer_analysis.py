@@ -57,6 +57,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
+import inversion
 from inversion.analysis.certificate import PRECISIONS, certify_batch, summarize
 from inversion.engine import invert_batch
 from inversion.metrics import psnr, relative_error
@@ -361,12 +362,10 @@ def _invert(single, names, sizes, xs, *, steps, lr, optimizer, start, bounds, ch
         lambda x: jnp.concatenate([stacked(x), jnp.zeros((n_lay,), x.dtype)]),
         targets,
         x0=starts,
-        loss=layer_selector_loss(segment),
-        optimizer=optimizer,
         steps=steps,
-        bounds=bounds,
-        chunk=chunk,
-        progress=progress,
+        solver=inversion.solvers.Optax(optimizer),
+        problem=inversion.Problem(loss=layer_selector_loss(segment), bounds=bounds),
+        execution=inversion.Execution(chunk=chunk, progress=progress),
     )
     x_hat = np.asarray(result.x).reshape(n_img, n_lay, *shape)
     return np.asarray(result.loss).reshape(n_img, n_lay), x_hat

@@ -22,7 +22,9 @@ Contract (what the drivers rely on):
   0``): from such a start no gradient-based step can move.
 * ``step`` returns a feasible ``x_next`` (inside the bounds when the objective has any).
 * ``terminate`` returns ``(done, status)``: a boolean scalar and an int32 status code from
-  :mod:`inversion.result` (``CONVERGED`` or ``STALLED`` when done); the default never stops.
+  :mod:`inversion.result` when done (``STATIONARY`` for a first-order test such as a small
+  projected gradient, ``STALLED`` when no progress is possible; ``CONVERGED`` is the drivers'
+  own: the objective reached ``tol``); the default never stops.
 * Everything is traceable: no Python control flow on values, no host reads.
 
 A new solver is one file: subclass :class:`Solver` (a frozen dataclass, so it is hashable and

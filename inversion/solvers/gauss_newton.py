@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from inversion import checks
 from inversion.objective import Objective
-from inversion.result import CONVERGED, STALLED
+from inversion.result import STALLED, STATIONARY
 from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 from inversion.solvers.levenberg_marquardt import (
@@ -45,7 +47,7 @@ class GaussNewton(Solver):
     iterate decreases the model), so truncating it is safe. For a piecewise-affine ``fn``
     (ReLU, max-pool, convolutions) the model is exact within the current activation region:
     one step with enough CG iterations lands on the solution when it lies in that region.
-    Stops 'converged' at projected gradient norm ``<= gtol`` (off when ``None``), 'stalled'
+    Stops 'stationary' at projected gradient norm ``<= gtol`` (off when ``None``), 'stalled'
     when the line search's scale falls below ``1e-12``. Needs a least-squares loss.
     """
 
@@ -56,15 +58,12 @@ class GaussNewton(Solver):
     gtol: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.cg_steps, bool) or not isinstance(self.cg_steps, int):
-            raise ValueError(f"cg_steps must be an int >= 1, got {self.cg_steps!r}")
-        if self.cg_steps < 1:
-            raise ValueError(f"cg_steps must be an int >= 1, got {self.cg_steps!r}")
-        if not self.damping >= 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping!r}")
-        if not 0 < self.c1 < 1:
-            raise ValueError(f"c1 must lie in (0, 1), got {self.c1!r}")
-        object.__setattr__(self, "step_sizes", check_step_sizes(self.step_sizes))
+        set_ = functools.partial(object.__setattr__, self)
+        set_("cg_steps", checks.check_int("cg_steps", self.cg_steps, minimum=1, maximum=10_000))
+        set_("damping", checks.check_real("damping", self.damping))
+        set_("c1", checks.check_unit_interval("c1", self.c1))
+        set_("step_sizes", check_step_sizes(self.step_sizes))
+        set_("gtol", checks.check_tol("gtol", self.gtol))
 
     def check(self, objective: Objective) -> None:
         if not objective.has_least_squares_form:
@@ -98,5 +97,5 @@ class GaussNewton(Solver):
     def terminate(self, objective: Objective, x: Array, state: GaussNewtonState):
         converged = state.grad_norm <= self.gtol if self.gtol is not None else jnp.zeros((), bool)
         stalled = state.scale < MIN_SCALE
-        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        status = jnp.where(converged, STATIONARY, jnp.where(stalled, STALLED, RUNNING))
         return converged | stalled, status.astype(jnp.int32)

@@ -4,6 +4,7 @@ projected Armijo line search over a fixed set of step lengths."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -11,8 +12,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array
 
+from inversion import checks
 from inversion.objective import Objective
-from inversion.result import CONVERGED, STALLED
+from inversion.result import STALLED, STATIONARY
 from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.linesearch import (
     MIN_SCALE,
@@ -59,7 +61,7 @@ class LBFGS(Solver):
     (:mod:`inversion.solvers.linesearch`). After a failed search the memory is kept as it was
     and the next step searches at a smaller scale. Without bounds this is plain L-BFGS.
 
-    Stops 'converged' when the projected gradient norm ``||P(x - g) - x||`` is at most
+    Stops 'stationary' when the projected gradient norm ``||P(x - g) - x||`` is at most
     ``gtol`` (off when ``None``) and 'stalled' when the line search's scale falls below
     ``1e-12`` (no decrease along the direction at any length tried).
     """
@@ -70,11 +72,11 @@ class LBFGS(Solver):
     gtol: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
-            raise ValueError(f"memory must be an int >= 1, got {self.memory!r}")
-        if not 0 < self.c1 < 1:
-            raise ValueError(f"c1 must lie in (0, 1), got {self.c1!r}")
-        object.__setattr__(self, "step_sizes", check_step_sizes(self.step_sizes))
+        set_ = functools.partial(object.__setattr__, self)
+        set_("memory", checks.check_int("memory", self.memory, minimum=1, maximum=10_000))
+        set_("c1", checks.check_unit_interval("c1", self.c1))
+        set_("step_sizes", check_step_sizes(self.step_sizes))
+        set_("gtol", checks.check_tol("gtol", self.gtol))
 
     def _direction(self):
         return optax.scale_by_lbfgs(memory_size=self.memory)
@@ -111,5 +113,5 @@ class LBFGS(Solver):
     def terminate(self, objective: Objective, x: Array, state: LBFGSState):
         converged = state.grad_norm <= self.gtol if self.gtol is not None else jnp.zeros((), bool)
         stalled = state.scale < MIN_SCALE
-        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        status = jnp.where(converged, STATIONARY, jnp.where(stalled, STALLED, RUNNING))
         return converged | stalled, status.astype(jnp.int32)

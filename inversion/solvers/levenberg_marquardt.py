@@ -16,14 +16,16 @@ projected step ``s = x_c - x`` under the quadratic model ``m``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from inversion import checks
 from inversion.objective import Objective
-from inversion.result import CONVERGED, STALLED
+from inversion.result import STALLED, STATIONARY
 from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 
@@ -111,9 +113,12 @@ def gradient_curvature(model: GaussNewtonModel) -> Array:
     """``(A g . A g) / (g . g)``: the Gauss-Newton curvature along the gradient (``0`` when
     ``g = 0``), the scale against which the solvers set their damping."""
     g = model.grad
-    ag = model.jvp(g)
-    gg = jnp.vdot(g, g)
-    return jnp.vdot(ag, ag) / jnp.where(gg > 0, gg, 1.0)
+    norm = jnp.sqrt(jnp.vdot(g, g))
+    if jnp.issubdtype(norm.dtype, jnp.floating):  # g / ||g||: no overflow of ||A g||^2
+        norm = jnp.where(jnp.isfinite(norm), norm, jnp.max(jnp.abs(g)) * jnp.sqrt(g.size))
+    u = g / jnp.where(norm > 0, norm, 1.0)
+    au = model.jvp(u)
+    return jnp.vdot(au, au)
 
 
 def model_decrease(model: GaussNewtonModel, s: Array, curvature_s: Array) -> Array:
@@ -133,7 +138,7 @@ class LevenbergMarquardt(Solver):
     = damping * (A g . A g) / (g . g)`` at the start, the model's curvature along the gradient
     (:func:`gradient_curvature`), so the default is independent of the scale of ``fn``.
 
-    Stops 'converged' when the projected gradient norm is at most ``gtol`` (off when ``None``)
+    Stops 'stationary' when the projected gradient norm is at most ``gtol`` (off when ``None``)
     and 'stalled' when ``lam`` exceeds ``max_damping`` times its first value (the model
     cannot be trusted at any step length). Needs a least-squares loss (``'mse'`` or
     ``'normalized'``); regularizers enter through their gradient and Hessian products.
@@ -146,14 +151,16 @@ class LevenbergMarquardt(Solver):
     gtol: float | None = None
 
     def __post_init__(self):
-        if not self.damping > 0:
-            raise ValueError(f"damping must be > 0, got {self.damping!r}")
-        if isinstance(self.cg_steps, bool) or not isinstance(self.cg_steps, int):
-            raise ValueError(f"cg_steps must be an int >= 1, got {self.cg_steps!r}")
-        if self.cg_steps < 1:
-            raise ValueError(f"cg_steps must be an int >= 1, got {self.cg_steps!r}")
-        if not 0 <= self.accept < 1:
-            raise ValueError(f"accept must lie in [0, 1), got {self.accept!r}")
+        set_ = functools.partial(object.__setattr__, self)
+        set_("damping", checks.check_real("damping", self.damping, positive=True))
+        set_("cg_steps", checks.check_int("cg_steps", self.cg_steps, minimum=1, maximum=10_000))
+        set_("accept", checks.check_unit_interval("accept", self.accept, closed_low=True))
+        set_("max_damping", checks.check_real("max_damping", self.max_damping, positive=True))
+        if not self.max_damping > 1:
+            raise ValueError(
+                f"max_damping must be > 1 (a multiple of the first damping), got {self.max_damping}"
+            )
+        set_("gtol", checks.check_tol("gtol", self.gtol))
 
     def check(self, objective: Objective) -> None:
         if not objective.has_least_squares_form:
@@ -207,5 +214,5 @@ class LevenbergMarquardt(Solver):
         stalled = ~jnp.isfinite(state.damping) | (
             state.damping > self.max_damping * state.first_damping
         )
-        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        status = jnp.where(converged, STATIONARY, jnp.where(stalled, STALLED, RUNNING))
         return converged | stalled, status.astype(jnp.int32)

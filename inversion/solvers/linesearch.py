@@ -20,22 +20,20 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from inversion import checks
 from inversion.objective import Objective
 
 
 def check_step_sizes(step_sizes) -> tuple[float, ...]:
-    """A non-empty tuple of positive floats (raises ``ValueError`` naming ``step_sizes``)."""
-    try:
-        sizes = tuple(float(t) for t in step_sizes)
-    except TypeError as err:
-        raise ValueError(
-            f"step_sizes must be a tuple of positive floats, got {step_sizes!r}"
-        ) from err
-    if not sizes or any(not t > 0 for t in sizes):
-        raise ValueError(
-            f"step_sizes must be a non-empty tuple of positive floats, got {step_sizes!r}"
+    """A non-empty tuple or list of finite positive numbers (``TypeError``/``ValueError``
+    naming ``step_sizes``)."""
+    if not isinstance(step_sizes, tuple | list) or not step_sizes:
+        raise TypeError(
+            f"step_sizes must be a non-empty tuple of finite positive floats, got {step_sizes!r}"
         )
-    return sizes
+    return tuple(
+        checks.check_real(f"step_sizes[{i}]", t, positive=True) for i, t in enumerate(step_sizes)
+    )
 
 
 MIN_SCALE = 1e-12

@@ -9,8 +9,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import inversion
 from inversion import engine
 from inversion.engine import invert, invert_batch, step_cost
 
@@ -30,7 +32,7 @@ def no_solve(monkeypatch):
     def fail(*_a, **_k):
         raise AssertionError("validation must fail before anything is compiled or run")
 
-    monkeypatch.setattr(engine, "solve_rows", fail)
+    monkeypatch.setattr(engine.driver, "run", fail)
 
 
 # ------------------------------------------------------------------------- complex, strings
@@ -60,9 +62,9 @@ def test_invert_rejects_non_real_values(no_solve, kwargs, match):
 
 def test_invert_batch_rejects_non_real_values(no_solve):
     with pytest.raises(TypeError, match="targets is complex"):
-        invert_batch(fn, Y[None].astype(jnp.complex64), x_shape=(3,))
+        invert_batch(fn, Y[None].astype(jnp.complex64), starts=inversion.Starts(x_shape=(3,)))
     with pytest.raises(TypeError, match="targets must be an array of real numbers.*'abc'"):
-        invert_batch(fn, "abc", x_shape=(3,))
+        invert_batch(fn, "abc", starts=inversion.Starts(x_shape=(3,)))
     with pytest.raises(TypeError, match="x0 is complex"):
         invert_batch(fn, Y[None], x0=jnp.ones((1, 3), jnp.complex64))
     with pytest.raises(TypeError, match="targets is complex"):
@@ -74,7 +76,7 @@ def test_complex_is_an_error_not_a_warning(no_solve):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a ComplexWarning would surface as itself, not TypeError
         with pytest.raises(TypeError, match="complex"):
-            invert(fn, Y + 0.5j, x_shape=(3,))
+            invert(fn, Y + 0.5j, starts=inversion.Starts(x_shape=(3,)))
 
 
 # ------------------------------------------------------------------------- empty inputs
@@ -83,15 +85,15 @@ def test_complex_is_an_error_not_a_warning(no_solve):
 @pytest.mark.parametrize("x_shape", [(0,), (2, 0), [0]])
 def test_empty_x_shape_is_rejected(no_solve, x_shape):
     with pytest.raises(ValueError, match=r"x_shape must be a tuple of positive ints, got \("):
-        invert(lambda x: x, jnp.zeros(0), x_shape=x_shape)
+        invert(lambda x: x, jnp.zeros(0), starts=inversion.Starts(x_shape=x_shape))
     with pytest.raises(ValueError, match="x_shape must be a tuple of positive ints"):
-        invert_batch(lambda x: x, jnp.zeros((2, 0)), x_shape=x_shape)
+        invert_batch(lambda x: x, jnp.zeros((2, 0)), starts=inversion.Starts(x_shape=x_shape))
 
 
 def test_bad_x_shape_types(no_solve):
     for bad in [(True,), (2.0,), 3, "3"]:
         with pytest.raises(TypeError, match="x_shape must be a tuple of positive ints"):
-            invert(fn, Y, x_shape=bad)
+            invert(fn, Y, starts=inversion.Starts(x_shape=bad))
 
 
 def test_empty_x0_and_empty_output_are_rejected(no_solve):
@@ -100,7 +102,7 @@ def test_empty_x0_and_empty_output_are_rejected(no_solve):
     with pytest.raises(ValueError, match=r"x0 has shape \(2, 0\).*no entries"):
         invert_batch(lambda x: x, jnp.zeros((2, 0)), x0=jnp.zeros((2, 0)))
     with pytest.raises(ValueError, match=r"empty output of shape \(0,\)"):
-        invert(lambda x: x[:0], jnp.zeros(0), x_shape=(3,))
+        invert(lambda x: x[:0], jnp.zeros(0), starts=inversion.Starts(x_shape=(3,)))
 
 
 # ------------------------------------------------------------------------- keys
@@ -122,14 +124,14 @@ def test_empty_x0_and_empty_output_are_rejected(no_solve):
 )
 def test_bad_keys_are_named(no_solve, key, error, match):
     with pytest.raises(error, match=match):
-        invert(fn, Y, x_shape=(3,), key=key)
+        invert(fn, Y, starts=inversion.Starts(x_shape=(3,), key=key))
     with pytest.raises(error, match=match):
-        invert_batch(fn, Y[None], x_shape=(3,), key=key, restarts=2)
+        invert_batch(fn, Y[None], starts=inversion.Starts(x_shape=(3,), key=key, restarts=2))
 
 
 def test_raw_and_typed_keys_give_the_same_start():
-    typed = invert(fn, Y, x_shape=(3,), key=jax.random.key(3), steps=2)
-    raw = invert(fn, Y, x_shape=(3,), key=jax.random.PRNGKey(3), steps=2)
+    typed = invert(fn, Y, steps=2, starts=inversion.Starts(x_shape=(3,), key=jax.random.key(3)))
+    raw = invert(fn, Y, steps=2, starts=inversion.Starts(x_shape=(3,), key=jax.random.PRNGKey(3)))
     np.testing.assert_array_equal(typed.x, raw.x)
 
 
@@ -156,7 +158,12 @@ def test_low_precision_fn_with_float32_x0():
     """An fn computing in bfloat16 gives a bfloat16 objective: the history stays float32."""
     low_fn = lambda x: jnp.tanh(A.astype(jnp.bfloat16) @ x.astype(jnp.bfloat16))  # noqa: E731
     res = invert(
-        low_fn, Y, x0=jnp.zeros(3), steps=3, optimizer="sgd", learning_rate=0.1, loop="python"
+        low_fn,
+        Y,
+        x0=jnp.zeros(3),
+        steps=3,
+        solver=inversion.solvers.Optax(optax.sgd(0.1)),
+        execution=inversion.Execution(loop="python"),
     )
     assert res.x.dtype == jnp.float32 and res.history.dtype == jnp.float32
     assert np.all(np.isfinite(res.history)) and res.status == "max_steps"
@@ -172,7 +179,7 @@ def nan_at_start(x):
 @pytest.mark.parametrize("loop", ["python", "compiled"])
 def test_objective_nan_from_the_first_step_gives_no_nan(loop):
     x0 = jnp.asarray([0.1, 0.2, -0.1])
-    res = invert(nan_at_start, Y, x0=x0, steps=5, loop=loop)
+    res = invert(nan_at_start, Y, x0=x0, steps=5, execution=inversion.Execution(loop=loop))
     assert res.status == "diverged" and int(res.steps) == 0
     np.testing.assert_array_equal(res.x, x0)  # the last finite x is x0
     assert not np.any(np.isnan(res.history)) and np.all(res.history == np.inf)
@@ -181,7 +188,13 @@ def test_objective_nan_from_the_first_step_gives_no_nan(loop):
 
 
 def test_nan_loss_with_finite_fn_keeps_the_finite_residual():
-    res = invert(fn, Y, x0=jnp.zeros(3), steps=3, loss=lambda p, t: jnp.sum(p) * jnp.nan)
+    res = invert(
+        fn,
+        Y,
+        x0=jnp.zeros(3),
+        steps=3,
+        problem=inversion.Problem(loss=lambda p, t: jnp.sum(p) * jnp.nan),
+    )
     assert res.status == "diverged" and int(res.steps) == 0
     assert res.loss == np.inf and np.all(res.history == np.inf)
     np.testing.assert_allclose(res.residual, 1.0)  # fn(0) = 0: ||0 - y|| / ||y||

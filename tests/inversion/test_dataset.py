@@ -134,7 +134,7 @@ def test_one_start_per_target_is_chunked_with_the_targets(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="chunk_rows"):
         invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=0, **KW)
-    with pytest.raises(TypeError, match="unknown options"):
+    with pytest.raises(TypeError, match="unexpected keyword"):
         invert_dataset(fn, TARGETS, out_dir=tmp_path, stepz=3, **KW)
     with pytest.raises(ValueError, match="no rows"):
         invert_dataset(fn, iter([]), out_dir=tmp_path, **KW)

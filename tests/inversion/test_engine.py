@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+import inversion
 from inversion import engine
 from inversion.closed_form import affine_inverse
+from inversion.driver import Plan, make_step, programs, start_rows
 from inversion.engine import invert, invert_batch
-from inversion.driver import programs
-from inversion.loop import Problem, init_state, make_step
 from inversion.losses import mse
 from inversion.regularizers import l2_prior
 from inversion.solvers import Optax
@@ -106,14 +106,27 @@ def test_lbfgs_extra_args_path():
         hist.append(v)
         u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
         x = optax.apply_updates(x, u)
-    res = invert(affine5, y, x_shape=(5,), optimizer=opt, steps=steps)
+    res = invert(
+        affine5,
+        y,
+        steps=steps,
+        solver=inversion.solvers.Optax(opt),
+        starts=inversion.Starts(x_shape=(5,)),
+    )
     assert res.status == "max_steps" and int(res.steps) == steps
     assert_rounding_close(res.x, x, steps)
     assert_rounding_close(res.history, jnp.stack(hist), steps)
     # with tol the run stops at the first step whose objective is <= tol (tol between two
     # reference values, a factor ~5 from each)
     tol = float(np.sqrt(hist[3] * hist[4]))
-    stopped = invert(affine5, y, x_shape=(5,), optimizer=opt, steps=steps, tol=tol)
+    stopped = invert(
+        affine5,
+        y,
+        steps=steps,
+        tol=tol,
+        solver=inversion.solvers.Optax(opt),
+        starts=inversion.Starts(x_shape=(5,)),
+    )
     assert stopped.status == "converged" and int(stopped.steps) == 4
     assert_rounding_close(stopped.x, xs[4], steps)
 
@@ -121,7 +134,11 @@ def test_lbfgs_extra_args_path():
 def test_underdetermined_lands_on_minimum_norm():
     y = jnp.asarray([0.3, -1.0, 2.0], jnp.float32)
     res = invert(
-        affine36, y, x0=jnp.zeros(6), optimizer="sgd", learning_rate=sgd_rate(W36), steps=800
+        affine36,
+        y,
+        x0=jnp.zeros(6),
+        steps=800,
+        solver=inversion.solvers.Optax(optax.sgd(sgd_rate(W36))),
     )
     cf = affine_inverse(W36, B3, y)
     assert cf.kind == "minimum_norm" and cf.null_space.shape == (6, 3)
@@ -142,9 +159,8 @@ def test_seed_study_dense_inversion():
         lambda x: W @ x + B,
         jnp.asarray([100.0]),
         x0=jnp.asarray([1.0]),
-        optimizer="adam",
-        learning_rate=5.0,
         steps=1000,
+        solver=inversion.solvers.Optax(optax.adam(5.0)),
     )
     x_hat = float(res.x[0])
     # Reference: Adam's recurrence (optax defaults) in float64 on the same float32 weights;
@@ -227,7 +243,7 @@ def test_python_loop_equals_compiled_loop(tol):
 
 def test_bounds_respected_at_every_step():
     lo, hi = np.float32(-0.2), np.float32(0.3)
-    problem = Problem(
+    problem = Plan(
         fn=lambda x: 10.0 * x,
         loss=mse,
         regularizers=(),
@@ -236,12 +252,14 @@ def test_bounds_respected_at_every_step():
         bounds=(float(lo), float(hi)),
     )
     y = jnp.asarray(RNG.normal(size=(3, 4)) * 10, jnp.float32)
-    x, state = programs(problem, "python", 10).start(jnp.full((3, 4), 5.0), y)  # x0 clipped
+    carry = programs(problem).start(jnp.full((3, 4), 5.0), y)  # x0 clipped
+    x = carry.x
     assert float(x.max()) == hi
     step = jax.jit(make_step(problem))
     moved = False
-    for _ in range(20):
-        x_new, state = step(x, state, y)
+    for i in range(20):
+        carry, _ = step(jnp.asarray(i), carry, y)
+        x_new = carry.x
         assert float(x_new.min()) >= lo and float(x_new.max()) <= hi
         moved |= not np.array_equal(x_new, x)
         x = x_new
@@ -255,11 +273,10 @@ def test_regularized_objective_has_known_minimiser():
     res = invert(
         lambda x: x,
         y,
-        x_shape=(4,),
-        regularizers=(l2_prior(w, prior),),
-        optimizer="sgd",
-        learning_rate=0.5,
         steps=300,
+        solver=inversion.solvers.Optax(optax.sgd(0.5)),
+        problem=inversion.Problem(regularizers=(l2_prior(w, prior),)),
+        starts=inversion.Starts(x_shape=(4,)),
     )
     # argmin mean((x - y)^2) + w ||x - prior||^2 = (y / d + w prior) / (1 / d + w)
     y, prior = np.asarray(y, np.float64), np.asarray(prior, np.float64)
@@ -279,12 +296,11 @@ def test_early_stop_converged():
     res = invert(
         affine5,
         y,
-        x_shape=(5,),
-        optimizer="sgd",
-        learning_rate=sgd_rate(W5),
         steps=1000,
         tol=1e-8,
-        loop="python",
+        solver=inversion.solvers.Optax(optax.sgd(sgd_rate(W5))),
+        starts=inversion.Starts(x_shape=(5,)),
+        execution=inversion.Execution(loop="python"),
     )
     assert res.status == "converged"
     # gradient descent on a quadratic at lr = 1/L: J_k <= rho^(2k) J_0, rho = 1 - (s_min/s_max)^2
@@ -302,10 +318,9 @@ def test_divergence_returns_last_finite_x():
         lambda x: x,
         jnp.ones(4),
         x0=jnp.zeros(4),
-        optimizer="sgd",
-        learning_rate=1e3,
         steps=200,
-        loop="python",
+        solver=inversion.solvers.Optax(optax.sgd(1e3)),
+        execution=inversion.Execution(loop="python"),
     )
     assert res.status == "diverged"
     assert np.all(np.isfinite(res.x)) and np.isfinite(res.loss) and np.isfinite(res.residual)
@@ -319,9 +334,8 @@ def test_nonfinite_loss_reverts_to_previous_iterate():
         lambda x: jnp.log(x),
         jnp.asarray([-2.0]),
         x0=jnp.asarray([1.0]),
-        optimizer="sgd",
-        learning_rate=50.0,
         steps=50,
+        solver=inversion.solvers.Optax(optax.sgd(50.0)),
     )
     assert res.status == "diverged"
     x = float(res.x[0])
@@ -337,11 +351,10 @@ def test_batch_mixed_statuses():
         lambda x: fn(x),
         jnp.asarray([[1.0, 1.0], [0.0, 0.0]]),
         x0=jnp.asarray([[0.0, 0.0], [0.0, 0.0]]),
-        optimizer="sgd",
-        learning_rate=0.5,
         steps=100,
         tol=1e-6,
-        loop="compiled",
+        solver=inversion.solvers.Optax(optax.sgd(0.5)),
+        execution=inversion.Execution(loop="compiled"),
     )
     assert list(res.status) == ["diverged", "converged"]
     np.testing.assert_array_equal(res.steps, [int(res.steps[0]), 0])
@@ -350,7 +363,7 @@ def test_batch_mixed_statuses():
 
 
 def test_step_under_jit_equals_no_jit():
-    problem = Problem(
+    problem = Plan(
         fn=affine5, loss=mse, regularizers=(), solver=Optax(optax.sgd(0.1)), steps=2, tol=0.5
     )
     x0 = jnp.zeros((1, 5))
@@ -359,8 +372,8 @@ def test_step_under_jit_equals_no_jit():
     for use_jit in (True, False):
         with jax.disable_jit(not use_jit):
             step = jax.jit(make_step(problem))
-            x, state = step(*init_state(problem, x0, ys), ys)
-            outs.append((x, state.history, state.n, state.code))
+            carry, _ = step(jnp.asarray(0), start_rows(problem, x0, ys), ys)
+            outs.append((carry.x, carry.history[:, 0], carry.n, carry.code))
     # x1 = x0 - lr (2 / m) W^T (W x0 + b - y): sums of n + m + 2 = 12 terms, so one path is
     # within 12 u = 6 eps32 of exact, relative to mag = lr (2 / m) |W|^T (|b| + |y|) (x0 = 0)
     w, b = np.asarray(W5, np.float64), np.asarray(B5, np.float64)
@@ -380,7 +393,7 @@ def no_solve(monkeypatch):
     def fail(*_a, **_k):
         raise AssertionError("validation must fail before anything is compiled or run")
 
-    monkeypatch.setattr(engine, "solve_rows", fail)
+    monkeypatch.setattr(engine.driver, "run", fail)
 
 
 @pytest.mark.parametrize(
@@ -410,13 +423,23 @@ def test_invert_rejects_bad_input_before_compiling(no_solve, kwargs, match):
 
 def test_type_errors(no_solve):
     with pytest.raises(TypeError, match="fn"):
-        invert("not a function", jnp.ones(5), x_shape=(5,))
+        invert("not a function", jnp.ones(5), starts=inversion.Starts(x_shape=(5,)))
     with pytest.raises(TypeError, match="steps"):
-        invert(affine5, jnp.ones(5), x_shape=(5,), steps=2.5)
+        invert(affine5, jnp.ones(5), steps=2.5, starts=inversion.Starts(x_shape=(5,)))
     with pytest.raises(TypeError, match="mesh"):
-        invert_batch(affine5, jnp.ones((2, 5)), x_shape=(5,), mesh="cpu")
+        invert_batch(
+            affine5,
+            jnp.ones((2, 5)),
+            starts=inversion.Starts(x_shape=(5,)),
+            execution=inversion.Execution(mesh="cpu"),
+        )
     with pytest.raises(TypeError, match="optimizer"):
-        invert(affine5, jnp.ones(5), x_shape=(5,), optimizer=3)
+        invert(
+            affine5,
+            jnp.ones(5),
+            solver=inversion.solvers.Optax(3),
+            starts=inversion.Starts(x_shape=(5,)),
+        )
 
 
 def test_invert_batch_rejects_bad_input(no_solve):
@@ -424,11 +447,16 @@ def test_invert_batch_rejects_bad_input(no_solve):
     with pytest.raises(ValueError, match="leading axes"):
         invert_batch(affine5, ys, x0=jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match="chunk"):
-        invert_batch(affine5, ys, x_shape=(5,), chunk=0)
+        invert_batch(
+            affine5,
+            ys,
+            starts=inversion.Starts(x_shape=(5,)),
+            execution=inversion.Execution(chunk=0),
+        )
     with pytest.raises(ValueError, match="restarts"):
-        invert_batch(affine5, ys, x_shape=(5,), restarts=0)
+        invert_batch(affine5, ys, starts=inversion.Starts(x_shape=(5,), restarts=0))
     with pytest.raises(ValueError, match="shape"):
-        invert_batch(affine5, jnp.ones((3, 4)), x_shape=(5,))
+        invert_batch(affine5, jnp.ones((3, 4)), starts=inversion.Starts(x_shape=(5,)))
 
 
 def test_time_limit_stops_running_rows_at_the_first_check_after_it():
@@ -436,11 +464,29 @@ def test_time_limit_stops_running_rows_at_the_first_check_after_it():
     (``check_every`` steps), as 'max_steps' with a filled history; the compiled loop, which
     cannot look at the clock, refuses one."""
     ys = jnp.stack([affine5(jnp.ones(5)), affine5(-jnp.ones(5))])
-    res = invert_batch(affine5, ys, x_shape=(5,), steps=50, check_every=4, time_limit=1e-9)
+    res = invert_batch(
+        affine5,
+        ys,
+        steps=50,
+        starts=inversion.Starts(x_shape=(5,)),
+        execution=inversion.Execution(check_every=4, time_limit=1e-9),
+    )
     np.testing.assert_array_equal(res.steps, [4, 4])
     assert list(res.status) == ["max_steps", "max_steps"]
     np.testing.assert_array_equal(res.history[:, 4:], np.repeat(res.loss[:, None], 46, axis=1))
     with pytest.raises(ValueError, match="time_limit"):
-        invert(affine5, ys[0], x_shape=(5,), steps=5, time_limit=1.0, loop="compiled")
+        invert(
+            affine5,
+            ys[0],
+            steps=5,
+            starts=inversion.Starts(x_shape=(5,)),
+            execution=inversion.Execution(time_limit=1.0, loop="compiled"),
+        )
     with pytest.raises(ValueError, match="time_limit"):
-        invert(affine5, ys[0], x_shape=(5,), steps=5, time_limit=-1.0)
+        invert(
+            affine5,
+            ys[0],
+            steps=5,
+            starts=inversion.Starts(x_shape=(5,)),
+            execution=inversion.Execution(time_limit=-1.0),
+        )

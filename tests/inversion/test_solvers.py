@@ -231,12 +231,16 @@ def test_bad_arguments_raise_clear_errors():
         solvers.LBFGS(memory=0)
     with pytest.raises(ValueError, match="least-squares loss"):
         inversion.invert(
-            linear, y, x_shape=(12,), loss="cosine", solver=solvers.LevenbergMarquardt()
+            linear,
+            y,
+            solver=solvers.LevenbergMarquardt(),
+            problem=inversion.Problem(loss="cosine"),
+            starts=inversion.Starts(x_shape=(12,)),
         )
     with pytest.raises(ValueError, match="not both"):
-        inversion.invert(linear, y, x_shape=(12,), solver=solvers.LBFGS(), optimizer="adam")
+        inversion.invert(linear, y, solver=solvers.LBFGS(), optimizer="adam", x_shape=(12,))
     with pytest.raises(TypeError, match="solver"):
-        inversion.invert(linear, y, x_shape=(12,), solver=optax.adam(0.1))
+        inversion.invert(linear, y, solver=optax.adam(0.1), starts=inversion.Starts(x_shape=(12,)))
 
 
 def test_stalled_status_is_named():

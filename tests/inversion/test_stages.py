@@ -63,14 +63,14 @@ def test_compaction_stops_rows_that_are_done_and_solves_the_rest():
     y = x_true @ a.T
     x0 = jnp.concatenate([x_true[:2] * (1 + 1e-6), jnp.zeros((2, 8))])
     out = compaction.invert_compacting(
-        lambda x: a @ x, y, x0=x0, solver=solvers.LBFGS(), residual_tol=1e-4, round_steps=3
+        lambda x: a @ x, y, x0=x0, solver=solvers.LBFGS(), residual_tol=1e-4, round_steps=5
     )
     steps = np.asarray(out.steps)
-    assert np.all(steps[:2] <= 3) and np.all(steps[2:] > 3)
+    assert np.all(steps[:2] <= 5) and np.all(steps[2:] > 5)
     assert np.all(np.asarray(out.status) == "converged")
     assert float(np.max(np.asarray(out.residual))) <= 1e-4
     np.testing.assert_allclose(np.asarray(out.x), np.asarray(x_true), rtol=1e-3, atol=1e-3)
-    assert out.history.shape[0] == 4 and out.history.shape[1] % 3 == 0
+    assert out.history.shape[0] == 4 and out.history.shape[1] % 5 == 0
 
 
 def test_bucket_sizes_are_powers_of_two_capped_at_the_batch():

@@ -60,7 +60,15 @@ def test_the_gradient_is_exactly_zero_at_the_start():
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_invert_stops_after_zero_steps_and_warns(name, loop, tol):
     with pytest.warns(RuntimeWarning, match=r"1 of 1 row stopped .* 'zero_gradient'") as rec:
-        res = invert(fn, Y_HALF, x0=X0, solver=SOLVERS[name], steps=STEPS, tol=tol, loop=loop)
+        res = invert(
+            fn,
+            Y_HALF,
+            x0=X0,
+            solver=SOLVERS[name],
+            steps=STEPS,
+            tol=tol,
+            execution=inversion.Execution(loop=loop),
+        )
     assert "invert logits (pre-activation)" in str(rec[0].message).lower()
     assert "models.feature_fn(model, name)" in str(rec[0].message)
     assert rec[0].filename == __file__  # points at the caller of invert
@@ -79,7 +87,15 @@ def test_batch_stops_only_the_zero_gradient_row(name, loop, tol):
     x0 = jnp.stack([X0, X0_FINE, X0_FINE.at[0].set(0.0)])
     ys = jnp.stack([Y_HALF, fn(X_FINE), fn(X_FINE).at[0].set(0.0)])
     with pytest.warns(RuntimeWarning, match=r"1 of 3 rows stopped"):
-        res = invert_batch(fn, ys, x0=x0, solver=SOLVERS[name], steps=STEPS, tol=tol, loop=loop)
+        res = invert_batch(
+            fn,
+            ys,
+            x0=x0,
+            solver=SOLVERS[name],
+            steps=STEPS,
+            tol=tol,
+            execution=inversion.Execution(loop=loop),
+        )
     assert list(res.status[:1]) == ["zero_gradient"] and int(res.steps[0]) == 0
     np.testing.assert_array_equal(res.x[0], X0)
     assert not np.any(res.zero_gradient[1:])
@@ -91,7 +107,15 @@ def test_batch_stops_only_the_zero_gradient_row(name, loop, tol):
     # rows never interact: the fine row alone gives the same run (no warning there)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        alone = invert(fn, ys[1], x0=x0[1], solver=SOLVERS[name], steps=STEPS, tol=tol, loop=loop)
+        alone = invert(
+            fn,
+            ys[1],
+            x0=x0[1],
+            solver=SOLVERS[name],
+            steps=STEPS,
+            tol=tol,
+            execution=inversion.Execution(loop=loop),
+        )
     assert int(alone.steps) == int(res.steps[1]) and alone.status == res.status[1]
 
 
@@ -124,14 +148,21 @@ def test_solution_at_the_start_is_converged_without_warning():
 def test_restart_with_zero_gradient_ends_with_that_status():
     x0 = jnp.stack([X0, X0_FINE])[None]  # (N=1, R=2, 3)
     with pytest.warns(RuntimeWarning, match=r"1 of 2 rows stopped"):
-        res = invert_batch(fn, fn(X_FINE)[None], x0=x0, restarts=2, solver=SOLVERS["lm"], tol=TOL)
+        res = invert_batch(
+            fn,
+            fn(X_FINE)[None],
+            x0=x0,
+            solver=SOLVERS["lm"],
+            tol=TOL,
+            starts=inversion.Starts(restarts=2),
+        )
     assert list(res.status[0]) == ["zero_gradient", "converged"]
     assert res.best().status.tolist() == ["converged"]  # the lower loss
 
 
 def test_bounds_zero_gradient_inside_the_box():
     with pytest.warns(RuntimeWarning, match="zero_gradient"):
-        res = invert(fn, Y_HALF, x0=X0, bounds=(-1.0, 20.0), steps=STEPS)
+        res = invert(fn, Y_HALF, x0=X0, steps=STEPS, problem=inversion.Problem(bounds=(-1.0, 20.0)))
     assert res.status == "zero_gradient" and int(res.steps) == 0
 
 
@@ -140,7 +171,13 @@ def test_bounds_a_zero_projected_gradient_is_not_flagged():
     of the box problem) but the gradient is not: the run is not 'zero_gradient'."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        res = invert(lambda x: x, -jnp.ones(3), x0=jnp.zeros(3), bounds=(0.0, 1.0), steps=20)
+        res = invert(
+            lambda x: x,
+            -jnp.ones(3),
+            x0=jnp.zeros(3),
+            steps=20,
+            problem=inversion.Problem(bounds=(0.0, 1.0)),
+        )
     assert res.status == "max_steps" and int(res.steps) == 20
     np.testing.assert_array_equal(res.x, jnp.zeros(3))  # held at the bound
 

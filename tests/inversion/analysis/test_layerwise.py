@@ -24,6 +24,7 @@ import optax
 import pytest
 from flax import nnx
 
+import inversion
 import models
 from inversion.analysis import (
     CLASSES,
@@ -166,10 +167,9 @@ def test_flax_unet_agrees_with_per_layer_certificates_and_inversions(unet):
             fn,
             jax.vmap(fn)(jnp.asarray(x0)),
             x0=np.broadcast_to(start, x0.shape),
-            loss=normalized,
-            optimizer=optax.adam(optax.cosine_decay_schedule(lr, steps)),
             steps=steps,
-            bounds=(0.0, 1.0),
+            solver=inversion.solvers.Optax(optax.adam(optax.cosine_decay_schedule(lr, steps))),
+            problem=inversion.Problem(loss=normalized, bounds=(0.0, 1.0)),
         )
         np.testing.assert_allclose(report.x_hat[:, l], lone.x, rtol=0, atol=3e-6, err_msg=name)
         np.testing.assert_allclose(layer.feature_error_per_input, lone.loss, rtol=2e-5)
