@@ -282,13 +282,13 @@ def time_to_certified(fn, problem, budget_s: float, multiples, rows: int) -> dic
     return {"runs": runs, "time_to_certified_s": None}
 
 
-def run_torch(problem) -> dict:
-    """PyTorch eager Adam (cosine, box clamp, 400 steps) at each of :data:`TORCH_LRS`."""
+def run_torch(problem, lrs=TORCH_LRS) -> dict:
+    """PyTorch eager Adam (cosine, box clamp, 400 steps) at each learning rate of ``lrs``."""
     from benchmarks import torch_baseline as tb
 
     net = tb.seed_unet_torch(problem.weights)
     out = {}
-    for lr in TORCH_LRS:
+    for lr in lrs:
         x, seconds = tb.invert_adam(
             net,
             problem.targets,
@@ -359,6 +359,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--certify", type=int, default=4, help="rows certified (0: none)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write results here")
     parser.add_argument(
+        "--torch-lrs",
+        type=str,
+        default=",".join(str(lr) for lr in TORCH_LRS),
+        help="with --torch: PyTorch Adam's learning rates, e.g. 0.1 (default: 0.01,0.03,0.1)",
+    )
+    parser.add_argument(
         "--certified-time",
         type=str,
         default=None,
@@ -384,6 +390,12 @@ def main(argv=None) -> dict:
         parser.error(f"--budget-s must be > 0, got {args.budget_s}")
     if args.torch and not args.compare:
         parser.error("--torch needs --compare")
+    try:
+        torch_lrs = tuple(float(lr) for lr in args.torch_lrs.split(","))
+    except ValueError:
+        torch_lrs = ()
+    if not torch_lrs or any(not lr > 0 for lr in torch_lrs):
+        parser.error(f"--torch-lrs must be positive numbers like 0.03,0.1, got {args.torch_lrs!r}")
     multiples = None
     if args.certified_time is not None:
         try:
@@ -412,7 +424,7 @@ def main(argv=None) -> dict:
     else:
         rows = []
         if args.torch:
-            out["torch"] = run_torch(problem)
+            out["torch"] = run_torch(problem, torch_lrs)
             lr = min(out["torch"], key=lambda k: out["torch"][k]["output_residual_median"])
             for k, v in out["torch"].items():
                 rows.append({"method": f"PyTorch eager Adam (lr {k}, cosine, 400 steps)", **v})
