@@ -12,7 +12,7 @@ from jaxtyping import Array
 from matfree import lstsq
 
 from inversion.objective import Objective
-from inversion.result import CONVERGED, STALLED
+from inversion.result import STALLED, STATIONARY
 from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 from inversion.solvers.linesearch import (
@@ -73,7 +73,7 @@ class ActiveSetPolish(Solver):
     the step crosses into other regions, where the true objective decides. A failed step
     keeps ``x`` and shrinks ``s``.
 
-    Stops 'converged' at projected gradient norm ``<= gtol`` (off when ``None``), 'stalled'
+    Stops 'stationary' at projected gradient norm ``<= gtol`` (off when ``None``), 'stalled'
     when ``s`` falls below ``1e-12``. Needs a least-squares loss and no regularizers.
     """
 
@@ -147,5 +147,5 @@ class ActiveSetPolish(Solver):
     def terminate(self, objective: Objective, x: Array, state: ActiveSetState):
         converged = state.grad_norm <= self.gtol if self.gtol is not None else jnp.zeros((), bool)
         stalled = state.scale < MIN_SCALE
-        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        status = jnp.where(converged, STATIONARY, jnp.where(stalled, STALLED, RUNNING))
         return converged | stalled, status.astype(jnp.int32)

@@ -12,7 +12,7 @@ import optax
 from jaxtyping import Array
 
 from inversion.objective import Objective
-from inversion.result import CONVERGED, STALLED
+from inversion.result import STALLED, STATIONARY
 from inversion.solvers.base import RUNNING, Solver, all_zero, inf_like
 from inversion.solvers.lbfgs import free_variables, projected_gradient_norm
 from inversion.solvers.linesearch import MIN_SCALE
@@ -48,7 +48,7 @@ class CachedLBFGS(Solver):
     unit step is accepted (the usual case for L-BFGS). ``init`` evaluates ``J`` and its
     gradient at the start once.
 
-    Stops 'converged' when the projected gradient norm ``||P(x - g) - x||`` is at most
+    Stops 'stationary' when the projected gradient norm ``||P(x - g) - x||`` is at most
     ``gtol`` (off when ``None``) and 'stalled' when ``s`` falls below ``1e-12``.
     """
 
@@ -115,5 +115,5 @@ class CachedLBFGS(Solver):
     def terminate(self, objective: Objective, x: Array, state: CachedLBFGSState):
         converged = state.grad_norm <= self.gtol if self.gtol is not None else jnp.zeros((), bool)
         stalled = state.scale < MIN_SCALE
-        status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, RUNNING))
+        status = jnp.where(converged, STATIONARY, jnp.where(stalled, STALLED, RUNNING))
         return converged | stalled, status.astype(jnp.int32)
