@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -436,3 +436,96 @@ def solve_arguments(objective: Any, solver: Any, x0: Any, max_steps: Any, tol: A
         jax.ShapeDtypeStruct(out.shape, out.dtype),
     )
     return x0, max_steps, tol
+
+
+class Inputs(NamedTuple):
+    """What :func:`inputs` checked: the start (or ``None``), one input's shape, the working
+    dtype, ``fn``'s output for one input, and the bounds as the driver uses them."""
+
+    x0: jax.Array | None
+    x_shape: tuple[int, ...]
+    dtype: np.dtype
+    out: jax.ShapeDtypeStruct
+    bounds: Any
+
+
+def inputs(
+    fn: Callable,
+    x0: Any,
+    *,
+    x_shape: tuple[int, ...] | None,
+    lead_axes: tuple[int, ...],
+    target: tuple[str, tuple[int, ...]],
+    problem: Any,
+    solver: Any,
+) -> Inputs:
+    """Check the start, ``fn``, the target's shape and the objective together (the engine's
+    one call for them; shapes through ``jax.eval_shape``, nothing compiled).
+
+    ``x0`` (or ``None``) has ``lead_axes`` (targets, restarts) before one input's shape;
+    ``x_shape`` is the shape asked for (``starts.x_shape``); ``target`` is ``(name, shape of one
+    target)``. The working dtype is ``promote_types(x0's dtype, fn's output dtype)`` (float32
+    without ``x0``). ``problem`` is an :class:`inversion.Problem`; its bounds must broadcast to
+    one input, ``solver.check`` must accept the objective, and loss plus regularizers must give
+    a real scalar (remembered for hashable problems: the check traces ``fn``).
+    """
+    lead = len(lead_axes)
+    if x0 is None and x_shape is None:
+        raise ValueError(
+            "give x0 (a starting input) or starts=Starts(x_shape=...) (one input's shape); got "
+            "neither"
+        )
+    dtype = np.dtype(jnp.float32)
+    if x0 is not None:
+        check_real_dtype("x0", x0)
+        if tuple(np.shape(x0)[:lead]) != lead_axes:
+            raise ValueError(
+                f"x0 has shape {tuple(np.shape(x0))}; expected leading axes {lead_axes} "
+                f"(targets{', restarts' if lead == 2 else ''})"
+            )
+        x0 = as_finite_array("x0", x0)
+        got = tuple(x0.shape[lead:])
+        if x_shape is not None and got != x_shape:
+            raise ValueError(
+                f"x0 has shape {tuple(x0.shape)}, i.e. inputs of shape {got}, but "
+                f"starts.x_shape is {x_shape}; expected them to agree"
+            )
+        check_input_size("x0", got, x0.shape)
+        x_shape, dtype = got, x0.dtype
+    out = output_struct(fn, x_shape, dtype)
+    work = working_dtype(dtype, out.dtype)
+    if work != dtype:  # e.g. a bfloat16 x0 and a float32 fn: invert in float32
+        dtype = work
+        x0 = None if x0 is None else x0.astype(work)
+        out = output_struct(fn, x_shape, dtype)
+    check_output_size(out.shape, x_shape)
+    check_target_shape(target[0], target[1], out.shape, x_shape)
+    bounds = check_bounds(problem.bounds, x_shape, dtype)
+    _objective_ok(fn, problem.loss, problem.regularizers, bounds, solver, x_shape, dtype, out)
+    return Inputs(x0, x_shape, dtype, out, bounds)
+
+
+def _objective_ok(fn, loss, regularizers, bounds, solver, x_shape, dtype, out) -> None:
+    """``solver.check`` and :func:`check_objective` on the problem, cached when hashable."""
+    args = (fn, loss, regularizers, bounds, solver, x_shape, np.dtype(dtype), out.shape, out.dtype)
+    try:
+        hash(args)
+    except TypeError:  # array bounds, a regularizer holding an array, ...
+        _objective_check(*args)
+        return
+    _objective_check_cached(*args)
+
+
+def _objective_check(fn, loss, regularizers, bounds, solver, x_shape, dtype, y_shape, y_dtype):
+    from inversion.objective import Objective
+
+    def value(x, y):
+        return Objective(fn, y, loss=loss, regularizers=regularizers, bounds=bounds).value(x)
+
+    solver.check(Objective(fn, jnp.zeros(y_shape, y_dtype), loss=loss, bounds=bounds))
+    check_objective(
+        value, jax.ShapeDtypeStruct(x_shape, dtype), jax.ShapeDtypeStruct(y_shape, y_dtype)
+    )
+
+
+_objective_check_cached = functools.lru_cache(maxsize=64)(_objective_check)

@@ -27,7 +27,6 @@ the call warns (``RuntimeWarning``); invert the pre-activation output instead
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -96,15 +95,7 @@ def _setup(
         )
     n = t_shape[0] if batched else 1
     lead = (2 if restarts > 1 else 1) if batched else 0
-    if x0 is not None:
-        chk.check_real_dtype("x0", x0)
-        want = ((n, restarts) if restarts > 1 else (n,)) if batched else ()
-        if tuple(np.shape(x0)[:lead]) != want:
-            raise ValueError(
-                f"x0 has shape {tuple(np.shape(x0))}; expected leading axes {want} "
-                f"(targets{', restarts' if restarts > 1 else ''})"
-            )
-    elif restarts > 1 and key is None:
+    if x0 is None and restarts > 1 and key is None:
         raise ValueError(
             f"restarts={restarts} needs a key (random starts) or x0 of shape "
             "(N, restarts, *x_shape); got neither"
@@ -116,33 +107,11 @@ def _setup(
     loop = chk.check_loop(execution.loop, platform=platform)
     if deadline is not None and loop == "auto":
         loop = "python"
-    if x0 is None and starts.x_shape is None:
-        raise ValueError(
-            "give x0 (a starting input) or starts=Starts(x_shape=...) (one input's shape); got "
-            "neither"
-        )
-    x_shape = starts.x_shape
-    if x0 is not None:
-        x0 = chk.as_finite_array("x0", x0)
-        got = tuple(x0.shape[lead:])
-        if x_shape is not None and got != x_shape:
-            raise ValueError(
-                f"x0 has shape {tuple(x0.shape)}, i.e. inputs of shape {got}, but "
-                f"starts.x_shape is {x_shape}; expected them to agree"
-            )
-        chk.check_input_size("x0", got, x0.shape)
-        x_shape, dtype = got, x0.dtype
-    else:
-        dtype = np.dtype(jnp.float32)
-    out = chk.output_struct(fn, x_shape, dtype)
-    work = chk.working_dtype(dtype, out.dtype)
-    if work != dtype:  # e.g. a bfloat16 x0 and a float32 fn: invert in float32
-        dtype = work
-        x0 = None if x0 is None else x0.astype(work)
-        out = chk.output_struct(fn, x_shape, dtype)
-    chk.check_output_size(out.shape, x_shape)
-    chk.check_target_shape(name, t_shape[1:] if batched else t_shape, out.shape, x_shape)
-    bounds = chk.check_bounds(problem.bounds, x_shape, dtype)
+    lead_axes = ((n, restarts) if restarts > 1 else (n,)) if batched else ()
+    x0, x_shape, dtype, out, bounds = chk.inputs(
+        fn, x0, x_shape=starts.x_shape, lead_axes=lead_axes, target=(name, t_shape[lead > 0 :]),
+        problem=problem, solver=solver,
+    )  # fmt: skip
     sharding = None
     if mesh is not None:
         spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
@@ -157,8 +126,6 @@ def _setup(
         tol=tol,
         sharding=sharding,
     )
-    solver.check(plan.objective(jnp.zeros(out.shape, out.dtype)))
-    _check_objective(plan, jax.ShapeDtypeStruct(x_shape, dtype), out)
     targets = chk.as_finite_array(name, targets, out.dtype)
     if not batched:
         targets = targets[None]
@@ -177,23 +144,6 @@ def _setup(
         targets = jnp.repeat(targets, restarts, axis=0)
     chunk_rows = None if execution.chunk is None else execution.chunk * restarts
     return Setup(plan, x0, targets, loop, chunk_rows, deadline)
-
-
-@functools.lru_cache(maxsize=64)
-def _check_objective_cached(plan: Plan, x_struct, y_struct) -> None:
-    chk.check_objective(plan.value, x_struct, y_struct)
-
-
-def _check_objective(plan: Plan, x_struct, y_struct) -> None:
-    """``chk.check_objective``, remembered for hashable plans: the check traces ``fn`` (tens
-    of milliseconds for a U-Net), which repeated calls on the same plan need not redo."""
-    y_struct = jax.ShapeDtypeStruct(y_struct.shape, y_struct.dtype)
-    try:
-        hash(plan)
-    except TypeError:
-        chk.check_objective(plan.value, x_struct, y_struct)
-        return
-    _check_objective_cached(plan, x_struct, y_struct)
 
 
 @jax.jit
