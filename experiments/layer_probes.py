@@ -26,7 +26,7 @@ own output thresholded at 0 (its own dice, without any probe).
 
 Information content (main figure, third panel): the float64 certificate of ``d A_l / d x`` at
 the centre 16x16 crops of test scenes (quick 1, default 2, full 8;
-``experiments.unet_layerwise.layer_certificates``: ``inversion.analysis.certify_batch`` on the
+``experiments.common.layer_certificates``: ``inversion.analysis.certify_batch`` on the
 dict of named activations, ``summarize``), the largest nullity over the crops at the exact,
 float32 and 8-bit precisions. Inversion quality (fourth panel, when ``unet_layerwise`` ran into
 the same output folder first, as in ``reproduce``): the median PSNR of the input reconstructed
@@ -76,13 +76,13 @@ from experiments.common import (
     TrainProfile,
     cli,
     experiment_dir,
+    layer_certificates,
     reference,
     save_figure,
     trained_seed_unet,
     write_metrics,
 )
 from experiments.config import ExperimentConfig, select_profile
-from experiments.unet_layerwise import layer_certificates
 from models.losses import dice, iou
 from models.probes import evaluate_probe, probe_predict, train_probe
 

@@ -68,7 +68,6 @@ from experiments.common import (
     TrainProfile,
     cli,
     experiment_dir,
-    layer_certificates,
     layer_metrics,
     save_figure,
     trained_seed_unet,
@@ -77,8 +76,6 @@ from experiments.common import (
 from experiments.config import ExperimentConfig, select_profile
 from experiments.unet_verdict import describe, output_verdict, references
 from inversion.analysis import layerwise
-
-__all__ = ["layer_certificates"]  # now in experiments.common; layer_probes still imports it here
 
 NAME = "unet_layerwise"
 SIZE = 16  # inputs: the centre SIZE x SIZE crops of test scenes (input dimension 256)
