@@ -96,8 +96,8 @@ def write_cost(steps: int, size: int = 32, repeats: int = 5) -> float:
         path = pathlib.Path(tmp) / "chunk.npz"
         for _ in range(repeats):
             t = time.perf_counter()
-            dataset._atomic_savez(path, arrays)
-            dataset._sha256(path)
+            dataset.atomic_savez(path, arrays)
+            dataset.sha256_file(path)
             times.append(time.perf_counter() - t)
     return float(np.median(times))
 

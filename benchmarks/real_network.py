@@ -33,7 +33,9 @@ import platform
 import time
 
 import numpy as np
+import optax
 
+import inversion
 from inversion import cpu_devices
 
 
@@ -94,9 +96,7 @@ def run_torch(module, targets, x0, budget_s: float, lr: float) -> dict:
 
 
 def run_project(fn, targets, x0, budget_s: float, lr: float) -> dict:
-    import optax
 
-    import inversion
     from inversion import solvers
 
     start = time.perf_counter()
@@ -106,8 +106,8 @@ def run_project(fn, targets, x0, budget_s: float, lr: float) -> dict:
         x0=x0,
         solver=solvers.Optax(optax.adam(lr)),
         steps=10**7,
-        bounds=(0.0, 1.0),
-        time_limit=budget_s,
+        problem=inversion.Problem(bounds=(0.0, 1.0)),
+        execution=inversion.Execution(time_limit=budget_s),
     )
     seconds = time.perf_counter() - start
     return {"x": np.asarray(result.x), "steps": int(np.max(result.steps)), "seconds": seconds}

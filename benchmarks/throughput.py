@@ -31,7 +31,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+import inversion
 from benchmarks import benchmarking as bm
 from inversion import cpu_devices
 from inversion.engine import invert_batch, step_cost
@@ -73,10 +75,9 @@ def _jax_runner(fn, targets, x0, steps, loop):
             fn,
             targets,
             x0=x0,
-            optimizer="adam",
-            learning_rate=LEARNING_RATE,
             steps=steps,
-            loop=loop,
+            solver=inversion.solvers.Optax(optax.adam(LEARNING_RATE)),
+            execution=inversion.Execution(loop=loop),
         ).x
         return np.asarray(jax.block_until_ready(x))
 
@@ -173,7 +174,11 @@ def measure(
     for batch in batches:
         fn, targets, x0, torch_params = build(model, size, batch)
         cost = step_cost(
-            fn, targets, x0=x0, optimizer="adam", learning_rate=LEARNING_RATE, steps=steps
+            fn,
+            targets,
+            x0=x0,
+            steps=steps,
+            solver=inversion.solvers.Optax(optax.adam(LEARNING_RATE)),
         )
         runs = {("jax", lp): _jax_runner(fn, targets, x0, steps, lp) for lp in loops}
         for n in thread_counts:

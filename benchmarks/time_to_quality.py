@@ -33,7 +33,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import optax
 
+import inversion
 from inversion import cpu_devices
 
 TORCH_LRS = (0.01, 0.03, 0.1)
@@ -43,7 +45,6 @@ BOUNDS = (0.0, 1.0)
 
 
 def _adam(lr: float, steps: int):
-    import optax
 
     from inversion import solvers
 
@@ -52,16 +53,19 @@ def _adam(lr: float, steps: int):
 
 def run_adam(fn, problem, budget_s, *, lr: float = 0.1, steps: int = ADAM_STEPS):
     """Projected Adam, cosine schedule, a fixed number of steps (no time limit)."""
-    import inversion
 
     return inversion.invert_batch(
-        fn, problem.targets, x0=problem.x0, solver=_adam(lr, steps), steps=steps, bounds=BOUNDS
+        fn,
+        problem.targets,
+        x0=problem.x0,
+        solver=_adam(lr, steps),
+        steps=steps,
+        problem=inversion.Problem(bounds=BOUNDS),
     )
 
 
 def _limited(solver, *, check_every: int = 1):
     def run(fn, problem, budget_s, x0=None):
-        import inversion
 
         return inversion.invert_batch(
             fn,
@@ -69,9 +73,8 @@ def _limited(solver, *, check_every: int = 1):
             x0=problem.x0 if x0 is None else x0,
             solver=solver,
             steps=MAX_STEPS,
-            bounds=BOUNDS,
-            time_limit=budget_s,
-            check_every=check_every,
+            problem=inversion.Problem(bounds=BOUNDS),
+            execution=inversion.Execution(time_limit=budget_s, check_every=check_every),
         )
 
     return run

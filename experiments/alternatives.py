@@ -52,8 +52,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
+import inversion
 import models
 from experiments.common import (
     TrainProfile,
@@ -122,15 +124,12 @@ def _flow(cfg: Config):
 
 def _optimise(model, targets, steps):
     return invert_batch(
-        models.per_example(*models.split(model)),  # one (H, W, 1) image -> its output
+        models.per_example(*models.split(model)),
         targets,
-        x_shape=targets.shape[1:],
-        key=jax.random.key(7),
-        init_scale=0.1,
-        optimizer="adam",
-        learning_rate=0.05,
         steps=steps,
-        bounds=(0.0, 1.0),
+        solver=inversion.solvers.Optax(optax.adam(0.05)),
+        problem=inversion.Problem(bounds=(0.0, 1.0)),
+        starts=inversion.Starts(x_shape=targets.shape[1:], key=jax.random.key(7), init_scale=0.1),
     ).x
 
 

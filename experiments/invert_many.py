@@ -45,6 +45,10 @@ import subprocess
 import sys
 import time
 
+import optax
+
+import inversion
+
 ADAM_LR = 0.1
 DATA_KEY = 2
 
@@ -192,8 +196,6 @@ def input_error_median(out: pathlib.Path, n: int, size: int) -> float:
     """Median ``||x - x_true|| / ||x_true||`` over the results, read chunk by chunk."""
     import numpy as np
 
-    import inversion
-
     result = inversion.load_dataset_result(out)
     errors = np.empty(n)
     truth = np.concatenate(list(scenes(n, size))) if n <= 4 * BLOCK else None
@@ -260,7 +262,6 @@ def _load_prepared(path: pathlib.Path):
 def run_worker(args) -> dict:
     import jax
     import numpy as np
-    import optax
 
     import inversion
     from inversion import cpu_devices, solvers
@@ -304,7 +305,7 @@ def run_worker(args) -> dict:
         x0_shared=np.full((size, size, 1), 0.5, np.float32),
         solver=solver,
         steps=steps,
-        bounds=(0.0, 1.0),
+        problem=inversion.Problem(bounds=(0.0, 1.0)),
     )
     seconds = time.perf_counter() - start
     summary = {"targets": args.targets, "steps": steps, "chunk_rows": chunk_rows,

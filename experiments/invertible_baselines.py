@@ -90,8 +90,10 @@ from typing import Literal
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 
+import inversion
 import models
 from experiments.common import (
     TrainProfile,
@@ -281,13 +283,10 @@ def run(config: Config, out: pathlib.Path) -> dict:
     x_hat = invert_batch(
         unet_fn,
         y,
-        x_shape=x.shape[1:],
-        key=jax.random.key(7),
-        init_scale=0.1,
-        optimizer="adam",
-        learning_rate=0.05,
         steps=config.invert_steps,
-        bounds=(0.0, 1.0),
+        solver=inversion.solvers.Optax(optax.adam(0.05)),
+        problem=inversion.Problem(bounds=(0.0, 1.0)),
+        starts=inversion.Starts(x_shape=x.shape[1:], key=jax.random.key(7), init_scale=0.1),
     ).x
     seconds = time.perf_counter() - start
     rows[type(unet).__name__] = _row(

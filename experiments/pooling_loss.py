@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import inversion
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
 from experiments.config import ExperimentConfig, select_profile
 from inversion.analysis.pooling import (
@@ -83,9 +84,11 @@ def _reconstructions(x, *, steps, seed):
     pool = lambda v: max_pool2d(v[None])[0]  # noqa: E731  (invert works on one input)
     lr = 0.05 * float(np.max(np.abs(np.asarray(y))))
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps))
-    from_zero = invert(pool, y[0], x0=jnp.zeros_like(x[0]), steps=steps, optimizer=opt)
+    from_zero = invert(
+        pool, y[0], x0=jnp.zeros_like(x[0]), steps=steps, solver=inversion.solvers.Optax(opt)
+    )
     start = jnp.asarray(0.1 * np.random.default_rng(seed).normal(size=x[0].shape), jnp.float32)
-    from_noise = invert(pool, y[0], x0=start, steps=steps, optimizer=opt)
+    from_noise = invert(pool, y[0], x0=start, steps=steps, solver=inversion.solvers.Optax(opt))
     recs = {
         "gradient, zero start": (from_zero.x[None], None),
         "gradient, random start": (from_noise.x[None], None),

@@ -52,6 +52,7 @@ import pathlib
 import numpy as np
 import optax
 
+import inversion
 import models
 from experiments.common import (
     TrainProfile,
@@ -285,11 +286,12 @@ def run(config: Config, out: pathlib.Path) -> dict:
         fn,
         y[None],
         x0=starts[None],
-        restarts=r + c,
-        loss="normalized",
-        optimizer=optax.adam(optax.cosine_decay_schedule(config.lr, config.steps)),
         steps=config.steps,
-        bounds=(0.0, 1.0),
+        solver=inversion.solvers.Optax(
+            optax.adam(optax.cosine_decay_schedule(config.lr, config.steps))
+        ),
+        problem=inversion.Problem(loss="normalized", bounds=(0.0, 1.0)),
+        starts=inversion.Starts(restarts=r + c),
     )
     cert = certify(fn, x_np)
     sigma_min = cert.sigma_min

@@ -179,12 +179,15 @@ def reconstructions(fn, x_true, *, config: Config) -> dict:
     common = dict(x0=x0, solver=adam, steps=config.steps)
     certs = [certify(fn, x, vectors=True) for x in x_true]
     out = {
-        "optimised": inversion.invert_batch(fn, targets, bounds=(0.0, 1.0), **common).x,
+        "optimised": inversion.invert_batch(
+            fn, targets, problem=inversion.Problem(bounds=(0.0, 1.0)), **common
+        ).x,
         "with prior": inversion.invert_batch(
             fn,
             targets,
-            bounds=(0.0, 1.0),
-            regularizers=(regularizers.tv(config.tv_weight),),
+            problem=inversion.Problem(
+                bounds=(0.0, 1.0), regularizers=(regularizers.tv(config.tv_weight),)
+            ),
             **common,
         ).x,
     }

@@ -29,7 +29,9 @@ import pathlib
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+import inversion
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
 from experiments.config import ExperimentConfig, select_profile
 from inversion.analysis.relu import locally_injective, relu_preimage
@@ -133,8 +135,8 @@ def _error_split(cfg: Config, rng, ratios=(1.0, 2.0, 4.0)):
             lambda x, Wj=Wj: relu(Wj @ x),
             jnp.asarray(Y, jnp.float32),
             x0=x0,
-            learning_rate=0.05,
             steps=cfg.steps,
+            solver=inversion.solvers.Optax(optax.adam(0.05)),
         )
         splits = [
             preimage_error_split(W, None, y, np.asarray(xr, np.float64), x, tol=1e-4)

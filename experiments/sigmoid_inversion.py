@@ -24,8 +24,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
+import inversion
 import models
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
 from experiments.config import ExperimentConfig, select_profile
@@ -84,10 +86,9 @@ def run(config: Config, out: pathlib.Path) -> dict:
         unit,
         targets,
         x0=jnp.ones((len(TARGETS), 1)),
-        optimizer="adam",
-        learning_rate=config.lr,
         steps=config.steps,
         tol=config.tol,
+        solver=inversion.solvers.Optax(optax.adam(config.lr)),
     )
     rows = []
     for i, y0 in enumerate(TARGETS):

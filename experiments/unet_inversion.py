@@ -27,7 +27,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+import inversion
 import models
 from experiments.common import (
     TrainProfile,
@@ -78,14 +80,15 @@ def run(config: Config, out: pathlib.Path) -> dict:
     result = invert_batch(
         fn,
         targets,
-        x_shape=x_true.shape[1:],
-        key=jax.random.key(config.seed),
-        restarts=config.restarts,
-        init_scale=config.init_scale,
-        optimizer="adam",
-        learning_rate=config.lr,
         steps=config.steps,
-        bounds=(0.0, 1.0),
+        solver=inversion.solvers.Optax(optax.adam(config.lr)),
+        problem=inversion.Problem(bounds=(0.0, 1.0)),
+        starts=inversion.Starts(
+            x_shape=x_true.shape[1:],
+            key=jax.random.key(config.seed),
+            restarts=config.restarts,
+            init_scale=config.init_scale,
+        ),
     )
     n, r = config.targets, config.restarts
     x_rec = result.x  # (N, R, H, W, 1)

@@ -97,7 +97,8 @@ FIELDS = ("x", "loss", "residual", "steps", "status_code")
 VERSION = 1
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -114,7 +115,8 @@ def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_savez(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_savez(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a temporary name, fsync, then rename into place (atomic on POSIX)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -620,7 +622,7 @@ def _chunk_ok(out_dir: pathlib.Path, entry: dict | None, mine: list[str]) -> boo
         return False
     for file in mine:
         digest = entry["files"].get(file)
-        if digest is None or not (out_dir / file).exists() or _sha256(out_dir / file) != digest:
+        if digest is None or not (out_dir / file).exists() or sha256_file(out_dir / file) != digest:
             return False
     return True
 
@@ -761,8 +763,8 @@ def _invert_locked(
         for name in FIELDS:
             arrays[name] = _local_rows(getattr(result, name), rows)
         file = f"chunk-{c:06d}-p{process:03d}.npz"
-        _atomic_savez(out_dir / file, arrays)
-        digests = _gather([_sha256(out_dir / file)])
+        atomic_savez(out_dir / file, arrays)
+        digests = _gather([sha256_file(out_dir / file)])
         files = {f"chunk-{c:06d}-p{p:03d}.npz": d[0] for p, d in enumerate(digests)}
         manifest["chunks"][str(c)] = {
             "rows": [start, start + int(batch.shape[0])],

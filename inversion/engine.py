@@ -348,19 +348,3 @@ def step_cost(
         starts=starts, execution=execution,
     )  # fmt: skip
     return driver.step_cost(setup.plan, setup.x0, setup.targets, setup.chunk_rows)
-
-
-def resolve_solver(solver: Any, optimizer: Any = None, learning_rate: Any = None) -> Solver:
-    """``solver`` if given (then ``optimizer``/``learning_rate`` must be unset), else
-    ``Optax(optimizer)`` with the optimizer resolved by name (default Adam, lr 1e-2)."""
-    if solver is None:
-        if optimizer is None and learning_rate is None:
-            return DEFAULT_SOLVER
-        return Optax(chk.resolve_optimizer(optimizer, learning_rate))
-    chk.check_solver(solver)
-    if optimizer is not None or learning_rate is not None:
-        raise ValueError(
-            "give either solver= or optimizer=/learning_rate= (an optimizer is a solver: "
-            "solvers.Optax(optax.adam(lr))), not both"
-        )
-    return solver

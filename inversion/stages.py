@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from inversion.options import Execution, Problem
 from inversion.result import Result
 
 
@@ -80,8 +81,8 @@ def run(fn, targets, *, x0, solver, steps, bounds, time_limit, check_every=1) ->
     if time_limit is not None:
         time_limit = max(time_limit, MIN_STAGE_S)
     return invert_batch(
-        fn, targets, x0=x0, solver=solver, steps=steps, bounds=bounds,
-        time_limit=time_limit, check_every=check_every,
+        fn, targets, x0=x0, solver=solver, steps=steps, problem=Problem(bounds=bounds),
+        execution=Execution(time_limit=time_limit, check_every=check_every),
     )  # fmt: skip
 
 

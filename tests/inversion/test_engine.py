@@ -78,7 +78,9 @@ def assert_rounding_close(a, b, steps: int) -> None:
 def test_full_rank_linear_matches_closed_form():
     x_true = jnp.asarray(RNG.normal(size=5), jnp.float32)
     y = affine5(x_true)
-    kw = dict(x_shape=(5,), optimizer="sgd", learning_rate=sgd_rate(W5), steps=400)
+    kw = dict(
+        starts=inversion.Starts(x_shape=(5,)), solver=Optax(optax.sgd(sgd_rate(W5))), steps=400
+    )
     res = invert(affine5, y, **kw)
     cf = affine_inverse(W5, B5, y)
     assert cf.kind == "exact"
@@ -87,7 +89,9 @@ def test_full_rank_linear_matches_closed_form():
     assert rel <= bound
     assert res.residual <= bound * residual_scale(W5, B5, cf.x, y)
     assert res.history.shape == (400,) and res.status == "max_steps" and int(res.steps) == 400
-    with_bar = invert(affine5, y, progress=True, **kw)  # same compiled programs, with tqdm
+    with_bar = invert(
+        affine5, y, execution=inversion.Execution(progress=True), **kw
+    )  # same compiled programs, with tqdm
     np.testing.assert_array_equal(with_bar.x, res.x)  # the bar only reads values back
     np.testing.assert_array_equal(with_bar.history, res.history)
 
@@ -181,14 +185,16 @@ def _targets(n=4):
 
 
 # One configuration shared by several tests, so that compiled programs are reused (same problem).
-SMOOTH = dict(
-    x_shape=(3,), init_scale=0.5, steps=60, optimizer="adam", learning_rate=0.05, tol=6e-3
-)
+SMOOTH = dict(steps=60, solver=Optax(optax.adam(0.05)), tol=6e-3)
+
+
+def smooth_starts(key=None, restarts=1):
+    return inversion.Starts(x_shape=(3,), init_scale=0.5, key=key, restarts=restarts)
 
 
 def test_batch_equals_single_calls():
     ys = _targets(4)
-    kw = dict(SMOOTH, key=jax.random.key(1))
+    kw = dict(SMOOTH, starts=smooth_starts(jax.random.key(1)))
     batch = invert_batch(smooth, ys, **kw)
     assert batch.x.shape == (4, 3) and batch.history.shape == (4, 60)
     for n in range(4):
@@ -203,26 +209,26 @@ def test_restarts_layout_keys_and_best():
     ys = _targets(2)
     key = jax.random.key(3)
     kw = SMOOTH
-    res = invert_batch(smooth, ys, key=key, restarts=3, **kw)
+    res = invert_batch(smooth, ys, starts=smooth_starts(key, restarts=3), **kw)
     assert res.x.shape == (2, 3, 3) and res.loss.shape == (2, 3)
     assert res.history.shape == (2, 3, 60)
     assert len(np.unique(np.asarray(res.history[0, :, 0]))) == 3  # three different starts
     keys = jax.random.split(key, 3)
-    one = invert(smooth, ys[1], key=keys[2], **kw)
+    one = invert(smooth, ys[1], starts=smooth_starts(keys[2]), **kw)
     assert_rounding_close(res.x[1, 2], one.x, 60)
     best = res.best()
     assert best.x.shape == (2, 3)
     np.testing.assert_array_equal(best.loss, res.loss.min(axis=1))  # a selection
     with pytest.raises(ValueError, match="key"):
-        invert_batch(smooth, ys, restarts=3, **kw)
+        invert_batch(smooth, ys, starts=smooth_starts(restarts=3), **kw)
 
 
 def test_chunked_equals_unchunked():
     ys = _targets(4)
-    kw = dict(SMOOTH, key=jax.random.key(0))
+    kw = dict(SMOOTH, starts=smooth_starts(jax.random.key(0)))
     full = invert_batch(smooth, ys, **kw)
     # one CPU device: chunks of 3 and 1 (+2 padding rows); two: two chunks of 2 rows
-    chunked = invert_batch(smooth, ys, chunk=3, **kw)
+    chunked = invert_batch(smooth, ys, execution=inversion.Execution(chunk=3), **kw)
     assert chunked.x.shape == (4, 3)
     assert_rounding_close(chunked, full, 60)  # other vectorisation: rounding, not bitwise
 
@@ -230,9 +236,9 @@ def test_chunked_equals_unchunked():
 @pytest.mark.parametrize("tol", [None, 6e-3])
 def test_python_loop_equals_compiled_loop(tol):
     ys = _targets(4)
-    kw = dict(SMOOTH, key=jax.random.key(2), tol=tol)
-    py = invert_batch(smooth, ys, loop="python", **kw)
-    co = invert_batch(smooth, ys, loop="compiled", **kw)
+    kw = dict(SMOOTH, starts=smooth_starts(jax.random.key(2)), tol=tol)
+    py = invert_batch(smooth, ys, execution=inversion.Execution(loop="python"), **kw)
+    co = invert_batch(smooth, ys, execution=inversion.Execution(loop="compiled"), **kw)
     assert_rounding_close(py.x, co.x, 60)  # one jitted step vs the step inside scan/while
     assert_rounding_close(py.history, co.history, 60)
     np.testing.assert_array_equal(py.steps, co.steps)

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import inversion
 from inversion.cpu_devices import MIN_ROWS_PER_DEVICE
 from inversion.driver import CPU_CHUNK_ROWS, Plan, chunking
 from inversion.engine import invert_batch, step_cost
@@ -24,7 +25,7 @@ def smooth(x):
     return jnp.tanh(A @ x) + 0.1 * x.sum() ** 2
 
 
-KW = dict(optimizer="adam", learning_rate=0.05, steps=30)
+KW = dict(solver=Optax(optax.adam(0.05)), steps=30)
 PROBLEM = Plan(fn=smooth, loss=mse, regularizers=(), solver=Optax(optax.adam(0.05)), steps=30)
 
 
@@ -58,7 +59,7 @@ def test_auto_chunked_batch_equals_one_chunk():
     x0 = jnp.asarray(np.random.default_rng(1).normal(size=(n, 3)), jnp.float32)
     ys = jax.vmap(smooth)(jnp.asarray(np.random.default_rng(2).normal(size=(n, 3)), jnp.float32))
     auto = invert_batch(smooth, ys, x0=x0, **KW)
-    whole = invert_batch(smooth, ys, x0=x0, chunk=n, **KW)
+    whole = invert_batch(smooth, ys, x0=x0, execution=inversion.Execution(chunk=n), **KW)
     assert auto.x.shape == (n, 3) and auto.history.shape == (n, 30)
     # Chunks of 44 rows and one chunk of 130 compile to differently vectorised float32
     # programs, so they agree to rounding, not bitwise. Error model: each of the `steps`

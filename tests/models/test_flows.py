@@ -14,10 +14,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+import inversion
 from models import flows as F
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -318,7 +320,11 @@ def test_inversion_invert_inverts_a_flow_of_one_image():
     flow = make("Flow", seed=12, std=0.05)
     x = jnp.clip(x_for("Flow", size=4, batch=1)[0] * 0.2 + 0.5, 0, 1)
     result = invert(
-        flow.forward, flow.forward(x), x0=jnp.zeros_like(x), steps=300, learning_rate=0.05
+        flow.forward,
+        flow.forward(x),
+        x0=jnp.zeros_like(x),
+        steps=300,
+        solver=inversion.solvers.Optax(optax.adam(0.05)),
     )
     assert result.x.shape == x.shape
     assert float(jnp.max(jnp.abs(result.x - x))) < 0.05  # Adam converging towards the exact one

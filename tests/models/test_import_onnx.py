@@ -320,10 +320,9 @@ def test_invert_batch_on_an_imported_network():
     result = inversion.invert_batch(
         fn,
         targets,
-        x_shape=(7, 7, 2),
-        key=jax.random.key(0),
         solver=inversion.solvers.LBFGS(),
         steps=200,
+        starts=inversion.Starts(x_shape=(7, 7, 2), key=jax.random.key(0)),
     )
     assert result.x.shape == x.shape
     assert np.all(np.isfinite(np.asarray(result.x)))
