@@ -14,6 +14,14 @@ so a 16-channel layer at full resolution gets a narrow decoder and the 64-channe
 best ``g_l`` returns ``E[x | Φ_l(x)]``, an average over the layer's preimage (module
 :mod:`models.decoder`).
 
+All decoders of a network train as ONE model, :class:`StackedDecoders`: its input is the
+concatenation of the flattened activations, its output the channel concatenation of the
+reconstructions, its target the input repeated once per layer. The loss is then
+``(1/L) Σ_l mean_i ‖g_l(Φ_l(x_i)) − x_i‖²`` and the decoders share no parameter, so every
+``g_l`` gets exactly its own gradient (scaled by ``1/L``, which Adam's normalisation removes up
+to its ``ε``) on the same minibatches: the same training as one run per layer, but one compiled
+step instead of ``L`` and one cache entry.
+
 >>> layer_decoder_arch((8, 8, 64), (32, 32, 1))
 {'in_channels': 64, 'out_channels': 1, 'width': 64, 'depth': 2, 'upsample': 2}
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -30,7 +39,7 @@ from models.decoder import Decoder
 from models.layer_fns import activations_fn
 from models.training import TrainConfig
 
-__all__ = ["layer_decoder_arch", "train_layer_decoders"]
+__all__ = ["StackedDecoders", "decode_layers", "layer_decoder_arch", "train_layer_decoders"]
 
 
 def layer_decoder_arch(
@@ -51,6 +60,58 @@ def layer_decoder_arch(
     return dict(in_channels=c, out_channels=c_in, width=width, depth=depth, upsample=up)
 
 
+class StackedDecoders(nnx.Module):
+    """One :class:`Decoder` per activation shape, as one model (module docstring).
+
+    ``__call__(flat)``: ``flat`` is ``(b, Σ_l h_l w_l c_l)``, the activations flattened per
+    example and concatenated in the order of ``shapes``; returns ``(b, H, W, L · C_in)``, decoder
+    ``l``'s reconstruction in channels ``l · C_in … (l + 1) · C_in − 1``. Decoder ``l`` is built
+    from ``nnx.Rngs(params=init_key)`` on its own, so it starts from the weights a decoder of
+    that layer trained alone would.
+    """
+
+    def __init__(
+        self,
+        shapes,
+        input_shape,
+        *,
+        init_key: int = 0,
+        min_width: int = 16,
+        max_width: int = 64,
+        depth: int = 2,
+    ):
+        self.shapes = tuple(tuple(int(d) for d in s) for s in shapes)
+        if not self.shapes:
+            raise ValueError("shapes must name at least one activation shape")
+        self.decoders = nnx.List(
+            [
+                Decoder(
+                    **layer_decoder_arch(
+                        s, input_shape, min_width=min_width, max_width=max_width, depth=depth
+                    ),
+                    rngs=nnx.Rngs(params=init_key),
+                )
+                for s in self.shapes
+            ]
+        )
+
+    def __call__(self, flat):
+        outs, start = [], 0
+        for shape, decoder in zip(self.shapes, self.decoders, strict=True):
+            size = math.prod(shape)
+            outs.append(decoder(flat[:, start : start + size].reshape(-1, *shape)))
+            start += size
+        if start != flat.shape[-1]:
+            raise ValueError(f"flat must have {start} features per example, got {flat.shape}")
+        return jnp.concatenate(outs, axis=-1)
+
+
+def _activations(model, names, images, batch: int = 256) -> dict[str, np.ndarray]:
+    features = jax.jit(activations_fn(model, list(names)))
+    parts = [features(images[i : i + batch]) for i in range(0, images.shape[0], batch)]
+    return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in names}
+
+
 def train_layer_decoders(
     model,
     names,
@@ -61,18 +122,30 @@ def train_layer_decoders(
     batch_size: int = 32,
     learning_rate: float = 5e-3,
     init_key: int = 0,
+    min_width: int = 16,
+    max_width: int = 64,
+    depth: int = 2,
     cache_dir=None,
 ) -> dict[str, Decoder]:
-    """``{name: g_l}``: a decoder per named layer of ``model``, trained on ``images`` (N, H, W,
-    C_in) for ``steps`` Adam steps (cosine schedule), each through :func:`models.cached_train`
-    keyed by ``model_key`` (what identifies the frozen network), the layer and the sizes."""
+    """``{name: g_l}``: a decoder per named layer of ``model`` (sizes from
+    :func:`layer_decoder_arch`), trained on ``images`` (N, H, W, C_in) for ``steps`` Adam steps
+    (cosine schedule, minibatches of ``batch_size``), all as one :class:`StackedDecoders`
+    through :func:`models.cached_train`, keyed by ``model_key`` (what identifies the frozen
+    network), the layers, their sizes and the data: a second call restores them."""
     from models import cached_train  # the package's name: its home module may move
 
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, H, W, C) batch, got {images.shape}")
-    features = jax.jit(activations_fn(model, list(names)))
-    acts = [features(images[i : i + 256]) for i in range(0, images.shape[0], 256)]
+    names = list(names)
+    acts = _activations(model, names, images)
+    shapes = [acts[name].shape[1:] for name in names]
+    flat = np.concatenate([acts[name].reshape(images.shape[0], -1) for name in names], axis=1)
+    sizes = dict(min_width=min_width, max_width=max_width, depth=depth)
+    archs = {
+        name: layer_decoder_arch(s, images.shape[1:], **sizes)
+        for name, s in zip(names, shapes, strict=True)
+    }
     config = TrainConfig(
         task="regression",
         steps=int(steps),
@@ -81,16 +154,34 @@ def train_layer_decoders(
         schedule="cosine",
         eval_every=int(steps),
     )
-    decoders = {}
+    stacked = cached_train(
+        lambda: StackedDecoders(shapes, images.shape[1:], init_key=init_key, **sizes),
+        {"model": "layer_decoders", "layers": archs, "init_key": init_key, **model_key},
+        (flat, np.tile(images, (1, 1, 1, len(names)))),
+        config=config,
+        cache_dir=cache_dir,
+        progress=False,
+    ).model
+    return dict(zip(names, stacked.decoders, strict=True))
+
+
+def decode_layers(
+    decoders: dict[str, Decoder], model, images, *, clip=(0.0, 1.0)
+) -> dict[str, np.ndarray]:
+    """``{name: g_l(Φ_l(x))}`` for a batch ``images`` (N, H, W, C_in): each layer's activation
+    of the frozen ``model`` decoded by its learned inverse, clipped to ``clip`` (the input's
+    range; ``None``: not clipped). One compiled program for the forward pass and all decoders."""
+    images = np.asarray(images, np.float32)
+    names = list(decoders)
+    features = activations_fn(model, names)
+    graphdefs, states = {}, {}
     for name in names:
-        a = np.concatenate([np.asarray(part[name]) for part in acts])
-        arch = layer_decoder_arch(a.shape[1:], images.shape[1:])
-        decoders[name] = cached_train(
-            lambda arch=arch: Decoder(**arch, rngs=nnx.Rngs(params=init_key)),
-            {"model": "layer_decoder", "layer": name, "init_key": init_key, **model_key, **arch},
-            (a, images),
-            config=config,
-            cache_dir=cache_dir,
-            progress=False,
-        ).model
-    return decoders
+        graphdefs[name], states[name] = nnx.split(decoders[name])
+
+    @jax.jit
+    def run(states, x):
+        acts = features(x)
+        return {n: nnx.merge(graphdefs[n], states[n])(acts[n]) for n in names}
+
+    out = jax.device_get(run(states, images))
+    return {n: out[n] if clip is None else np.clip(out[n], *clip) for n in names}
