@@ -22,6 +22,12 @@ reconstructions, its target the input repeated once per layer. The loss is then
 to its ``ε``) on the same minibatches: the same training as one run per layer, but one compiled
 step instead of ``L`` and one cache entry.
 
+Each layer's activation enters its decoder scaled by ``s_l = 1 / std(Φ_l(x_train))`` (one
+number per layer): the seed U-Net's logits have a standard deviation of ~18 where its first
+layer's is ~0.6, and unscaled inputs that large leave a short training far from its optimum.
+The scale is a reparametrisation only: after training it is folded into the stem's kernel
+(``conv(s a, K) = conv(a, s K)``), so the returned decoders take the raw activation.
+
 >>> layer_decoder_arch((8, 8, 64), (32, 32, 1))
 {'in_channels': 64, 'out_channels': 1, 'width': 64, 'depth': 2, 'upsample': 2}
 """
@@ -39,7 +45,14 @@ from models.decoder import Decoder
 from models.layer_fns import activations_fn
 from models.training import TrainConfig
 
-__all__ = ["StackedDecoders", "decode_layers", "layer_decoder_arch", "train_layer_decoders"]
+__all__ = [
+    "StackedDecoders",
+    "decode_layers",
+    "fold_scale",
+    "input_scale",
+    "layer_decoder_arch",
+    "train_layer_decoders",
+]
 
 
 def layer_decoder_arch(
@@ -67,7 +80,8 @@ class StackedDecoders(nnx.Module):
     example and concatenated in the order of ``shapes``; returns ``(b, H, W, L · C_in)``, decoder
     ``l``'s reconstruction in channels ``l · C_in … (l + 1) · C_in − 1``. Decoder ``l`` is built
     from ``nnx.Rngs(params=init_key)`` on its own, so it starts from the weights a decoder of
-    that layer trained alone would.
+    that layer trained alone would. ``scales``: per layer, the factor its activation is
+    multiplied by before its decoder (default 1).
     """
 
     def __init__(
@@ -75,6 +89,7 @@ class StackedDecoders(nnx.Module):
         shapes,
         input_shape,
         *,
+        scales=None,
         init_key: int = 0,
         min_width: int = 16,
         max_width: int = 64,
@@ -83,6 +98,9 @@ class StackedDecoders(nnx.Module):
         self.shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         if not self.shapes:
             raise ValueError("shapes must name at least one activation shape")
+        self.scales = tuple(float(v) for v in (scales or [1.0] * len(self.shapes)))
+        if len(self.scales) != len(self.shapes):
+            raise ValueError(f"scales must have one entry per shape, got {len(self.scales)}")
         self.decoders = nnx.List(
             [
                 Decoder(
@@ -97,13 +115,26 @@ class StackedDecoders(nnx.Module):
 
     def __call__(self, flat):
         outs, start = [], 0
-        for shape, decoder in zip(self.shapes, self.decoders, strict=True):
+        for shape, scale, decoder in zip(self.shapes, self.scales, self.decoders, strict=True):
             size = math.prod(shape)
-            outs.append(decoder(flat[:, start : start + size].reshape(-1, *shape)))
+            outs.append(decoder(scale * flat[:, start : start + size].reshape(-1, *shape)))
             start += size
         if start != flat.shape[-1]:
             raise ValueError(f"flat must have {start} features per example, got {flat.shape}")
         return jnp.concatenate(outs, axis=-1)
+
+
+def input_scale(activation) -> float:
+    """``1 / std`` of an activation (1 where it is constant): the decoder's input scale."""
+    std = float(np.std(np.asarray(activation, np.float64)))
+    return 1.0 / std if std > 0 else 1.0
+
+
+def fold_scale(decoder: Decoder, scale: float) -> Decoder:
+    """``decoder`` changed in place to take the raw activation ``a`` where it took
+    ``scale · a``: the stem's kernel times ``scale``. Returns it."""
+    decoder.stem.kernel[...] = decoder.stem.kernel[...] * scale
+    return decoder
 
 
 def _activations(model, names, images, batch: int = 256) -> dict[str, np.ndarray]:
@@ -129,7 +160,9 @@ def train_layer_decoders(
 ) -> dict[str, Decoder]:
     """``{name: g_l}``: a decoder per named layer of ``model`` (sizes from
     :func:`layer_decoder_arch`), trained on ``images`` (N, H, W, C_in) for ``steps`` Adam steps
-    (cosine schedule, minibatches of ``batch_size``), all as one :class:`StackedDecoders`
+    (cosine schedule, minibatches of ``batch_size``) on the activation times
+    :func:`input_scale` (folded into the returned decoder's stem: it takes the raw activation),
+    all as one :class:`StackedDecoders`
     through :func:`models.cached_train`, keyed by ``model_key`` (what identifies the frozen
     network), the layers, their sizes and the data: a second call restores them."""
     from models import cached_train  # the package's name: its home module may move
@@ -140,6 +173,7 @@ def train_layer_decoders(
     names = list(names)
     acts = _activations(model, names, images)
     shapes = [acts[name].shape[1:] for name in names]
+    scales = [input_scale(acts[name]) for name in names]
     flat = np.concatenate([acts[name].reshape(images.shape[0], -1) for name in names], axis=1)
     sizes = dict(min_width=min_width, max_width=max_width, depth=depth)
     archs = {
@@ -155,14 +189,25 @@ def train_layer_decoders(
         eval_every=int(steps),
     )
     stacked = cached_train(
-        lambda: StackedDecoders(shapes, images.shape[1:], init_key=init_key, **sizes),
-        {"model": "layer_decoders", "layers": archs, "init_key": init_key, **model_key},
+        lambda: StackedDecoders(
+            shapes, images.shape[1:], scales=scales, init_key=init_key, **sizes
+        ),
+        {
+            "model": "layer_decoders",
+            "layers": archs,
+            "input_scale": "1/std per layer, folded into the stem",
+            "init_key": init_key,
+            **model_key,
+        },
         (flat, np.tile(images, (1, 1, 1, len(names)))),
         config=config,
         cache_dir=cache_dir,
         progress=False,
     ).model
-    return dict(zip(names, stacked.decoders, strict=True))
+    return {
+        name: fold_scale(decoder, scale)
+        for name, decoder, scale in zip(names, stacked.decoders, scales, strict=True)
+    }
 
 
 def decode_layers(

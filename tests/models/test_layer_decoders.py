@@ -61,7 +61,7 @@ def test_joint_training_is_per_layer_training(tmp_path):
 
     import models
     from models.decoder import Decoder
-    from models.layer_decoders import decode_layers
+    from models.layer_decoders import decode_layers, fold_scale, input_scale
 
     unet = models.UNet(features=(2, 4), rngs=nnx.Rngs(params=0))
     x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1))
@@ -83,7 +83,9 @@ def test_joint_training_is_per_layer_training(tmp_path):
         schedule="cosine",
         eval_every=3,
     )
-    alone = models.train(alone, (a, x), config=config, progress=False).model
+    scale = input_scale(a)  # trained on the scaled activation, the scale then folded in
+    alone = models.train(alone, (scale * a, x), config=config, progress=False).model
+    alone = fold_scale(alone, scale)
     for got, want in zip(
         jax.tree.leaves(nnx.state(decoders[name])), jax.tree.leaves(nnx.state(alone)), strict=True
     ):
@@ -95,3 +97,17 @@ def test_joint_training_is_per_layer_training(tmp_path):
     assert set(decoded) == set(names)
     for image in decoded.values():
         assert image.shape == (2, 4, 4, 1) and image.min() >= 0 and image.max() <= 1
+
+
+def test_fold_scale_is_exact():
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from models.decoder import Decoder
+    from models.layer_decoders import fold_scale
+
+    a = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+    decoder = Decoder(3, width=4, depth=1, rngs=nnx.Rngs(params=0))
+    scaled = decoder(7.5 * a)
+    np.testing.assert_allclose(fold_scale(decoder, 7.5)(a), scaled, rtol=1e-5, atol=1e-5)
