@@ -40,7 +40,7 @@ output residual ``‖Φ(x̂) − y‖/‖y‖`` (what the method matched in outp
 forward network's test dice (how good a segmenter it is: the flow pays for exact
 invertibility with a dimension-preserving segmenter, here barely weaker: 0.9975 against 0.9980).
 
-The seed study's claim for this row (DESIGN §5): "invertible networks (normalizing flows)
+The seed study's claim for this row (its results to reproduce): "invertible networks (normalizing flows)
 invert exactly; learned inverses (decoders) and optimisation approximate".
 """
 

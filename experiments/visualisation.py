@@ -210,11 +210,11 @@ def run(config: Config, out: pathlib.Path) -> dict:
         "figures": written,
         "references": [
             reference(
-                "figures: first-layer kernels, weight histograms, activation maps (DESIGN §5)",
+                "figures: first-layer kernels, weight histograms, activation maps (seed study 001)",
                 3 + 1 + 2 * len(labels) + 4,
                 len(written),
                 len(written) == 3 + 1 + 2 * len(labels) + 4,
-                source="DESIGN.md §5, visualisation row",
+                source="seed study 001: how CNN and U-Net weights and activations are shown",
             )
         ],
     }

@@ -289,7 +289,7 @@ def invert_batch(
         >>> r = inversion.invert_batch(lambda x: 2.0 * x, jnp.array([[2.0], [6.0]]),
         ...                            jnp.zeros((2, 1)), solver=inversion.solvers.LBFGS(gtol=1e-6),
         ...                            steps=20, problem=inversion.Problem(bounds=(0.0, 2.0)))
-        >>> [round(float(v), 4) for v in r.x[:, 0]], list(r.status)
+        >>> [round(float(v), 4) for v in r.x[:, 0]], r.status.tolist()
         ([1.0, 2.0], ['stationary', 'stationary'])
     """
     solver, problem, starts, execution = from_keywords(

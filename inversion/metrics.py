@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Real
 from skimage.metrics import structural_similarity
 
 
@@ -76,8 +76,8 @@ def _rows(a, batch: bool):
 
 
 def psnr(
-    x: Float[Array, "..."],
-    ref: Float[Array, "..."],
+    x: Float[ArrayLike, "..."],
+    ref: Float[ArrayLike, "..."],
     data_range: float = 1.0,
     *,
     batched: bool | None = None,
@@ -99,8 +99,8 @@ def _psnr(x, ref, data_range, *, batch: bool, reduce: bool):
 
 
 def relative_error(
-    x: Float[Array, "..."],
-    ref: Float[Array, "..."],
+    x: Float[ArrayLike, "..."],
+    ref: Float[ArrayLike, "..."],
     *,
     batched: bool | None = None,
     reduce: bool = True,
@@ -121,8 +121,8 @@ def _relative_error(x, ref, *, batch: bool, reduce: bool):
 
 
 def ssim(
-    x: Float[Array, "..."],
-    ref: Float[Array, "..."],
+    x: Float[ArrayLike, "..."],
+    ref: Float[ArrayLike, "..."],
     data_range: float = 1.0,
     *,
     batched: bool | None = None,
@@ -167,8 +167,8 @@ def _overlap(pred, mask, threshold, soft: bool, batch: bool):
 
 
 def dice(
-    pred: Float[Array, "..."],
-    mask: Float[Array, "..."],
+    pred: Float[ArrayLike, "..."],
+    mask: Real[ArrayLike, "..."] | Bool[ArrayLike, "..."],
     threshold: float = 0.5,
     *,
     soft: bool = False,
@@ -188,8 +188,8 @@ def _dice(pred, mask, threshold, *, soft: bool, batch: bool, reduce: bool):
 
 
 def iou(
-    pred: Float[Array, "..."],
-    mask: Float[Array, "..."],
+    pred: Float[ArrayLike, "..."],
+    mask: Real[ArrayLike, "..."] | Bool[ArrayLike, "..."],
     threshold: float = 0.5,
     *,
     soft: bool = False,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from inversion import checks
 
@@ -41,7 +41,7 @@ class TotalVariation(NamedTuple):
     beta: float = 2.0
     eps: float = 1e-8
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, ""]:
+    def __call__(self, x: Float[ArrayLike, "..."]) -> Float[ArrayLike, ""]:
         if x.ndim == 2:
             x = x[None, :, :, None]
         elif x.ndim == 3:
@@ -62,7 +62,7 @@ class AlphaNorm(NamedTuple):
     weight: float
     alpha: float = 6.0
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, ""]:
+    def __call__(self, x: Float[ArrayLike, "..."]) -> Float[ArrayLike, ""]:
         return self.weight * jnp.sum(jnp.abs(x) ** self.alpha)
 
 
@@ -78,7 +78,7 @@ class L2Prior(NamedTuple):
     def __eq__(self, other: object) -> bool:
         return self is other
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, ""]:
+    def __call__(self, x: Float[ArrayLike, "..."]) -> Float[ArrayLike, ""]:
         return self.weight * jnp.sum(jnp.square(x - self.prior))
 
 
@@ -90,7 +90,7 @@ def tv(weight: float, beta: float = 2.0, *, eps: float = 1e-8) -> TotalVariation
     return TotalVariation(weight, float(beta), float(eps))
 
 
-def alpha_norm(weight: float, alpha: float = 6.0) -> AlphaNorm:
+def alpha_norm(weight: float, alpha: float | int = 6.0) -> AlphaNorm:
     """``alpha``-norm prior ``weight * sum |x|^alpha``; ``alpha >= 1``."""
     weight = _check_weight(weight)
     if not alpha >= 1.0:

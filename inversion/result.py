@@ -41,7 +41,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import ArrayLike, Float, Int
 
 MAX_STEPS = 0
 CONVERGED = 1
@@ -85,12 +85,12 @@ class Result:
         restarts: number of restarts along axis 1 (``0`` when there is no restart axis).
     """
 
-    x: Float[Array, "..."]
-    history: Float[Array, "... steps"]
-    loss: Float[Array, "..."]
-    residual: Float[Array, "..."]
-    steps: Int[Array, "..."]
-    status_code: Int[Array, "..."]
+    x: Float[ArrayLike, "..."]
+    history: Float[ArrayLike, "... steps"]
+    loss: Float[ArrayLike, "..."]
+    residual: Float[ArrayLike, "..."]
+    steps: Int[ArrayLike, "..."]
+    status_code: Int[ArrayLike, "..."]
     restarts: int = 0
 
     @property

@@ -38,8 +38,9 @@ def inverse_condition(
     gives ``inf``; an all-zero input, whose relative error is undefined, is refused.
 
     >>> import jax.numpy as jnp
+    >>> # ‖y‖ = ‖(2, 0.5)‖ = 2.0616, σ_min = 0.5, ‖x‖ = √2: κ = 2.0616 / 0.7071
     >>> inverse_condition(lambda x: jnp.array([2.0, 0.5]) * x, jnp.ones((1, 2))).round(6)
-    array([3.162278])
+    array([2.915476])
     """
     certificates = certify_batch(fn, xs)
     b = len(certificates)

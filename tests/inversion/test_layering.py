@@ -1,4 +1,4 @@
-"""DESIGN.md's layering: inversion/ never imports models/ (it takes pure callables)."""
+"""ARCHITECTURE.md's layering: inversion/ never imports models/ (it takes pure callables)."""
 
 import subprocess
 import sys
