@@ -3,7 +3,10 @@
 Command:  python -m experiments.layer_probes [--out results] [--quick | --full] [--set k=v ...]
 Runtime (2-core CPU shared with another job, both U-Nets cached): default 84.5 s (99 s before
 the probe inputs were channel-padded to one compile per resolution); --quick 24 s (30 s in the
-smoke test, which trains the quick no-skip U-Net); --full not yet measured.
+smoke test, which trains the quick no-skip U-Net); --full not yet measured. The learned
+inverses add (same VM, load average 6-8 from other jobs, cold decoder cache, i.e. training
+included) 45.1 s to the default profile (whole run 160 s) and 11.1 s to --quick (whole run
+70 s); a second run restores them from the model cache (--quick: 1.5 s).
 
 Method. For every named layer ``l`` of the trained seed U-Net (enc1, pool1, enc2, pool2,
 bottleneck, up2, cat2, dec2, up1, cat1, out) and of the same U-Net trained without skips
@@ -32,10 +35,29 @@ float32 and 8-bit precisions. Inversion quality (fourth panel, when ``unet_layer
 the same output folder first, as in ``reproduce``): the median PSNR of the input reconstructed
 from each layer, read from its ``metrics.json``.
 
-Reference row (study 002: "early layers capture low-level features, the deepest ones
+Learned inverses (Dosovitskiy & Brox 2016; figure ``layer_probes_decoders.png``): for every
+layer of the seed U-Net a convolutional decoder ``g_l`` (``models.layer_decoders``: the
+``models.decoder`` structure with its sizes scaled to the layer, width ``clip(c_l, 16,
+decoder_max_width)``, ``log2(16 / h_l)`` transposed convolutions, ``decoder_depth`` 3x3
+convolutions; the activation scaled by ``1 / std`` over the training set, folded into the stem
+afterwards) is trained to minimise ``mean ||g_l(A_l(x)) - x||^2`` on the four 16x16 quadrants
+of the probes' training scenes (512 crops by default, 256 quick), all eleven decoders as ONE
+compiled model (Adam 5e-3, cosine, batch 32; default 200 steps, max width 32, depth 2; quick 20
+steps, max width 16, depth 0; full 1,000, 64, 2), cached (``models.cached_train``). They decode
+the centre 16x16 crops of the U-Net's test scenes that ``unet_layerwise`` inverts (its count,
+when it ran into the same folder with the same U-Nets; else ``decoder_images``), clipped to
+[0, 1]. Beside each layer's median decoder PSNR: the optimisation's median PSNR on the same
+crops (``unet_layerwise``'s metrics) and the certificate's visible fraction ``1 - nullity / n``
+at the exact, float32 and 8-bit precisions (``unet_layerwise``'s certificate at the same crops
+when it ran; else this run's). A layer is "lossy or ill-conditioned" when its exact or float32
+nullity is positive.
+
+Reference rows. (1, 2) study 002 ("early layers capture low-level features, the deepest ones
 semantics, and the last decoder layers produce the best masks"): on the scenes with the seed
 U-Net, the mean probe dice of the early layers (enc1, pool1) below that of the last decoder
-layers (dec2, up1, cat1, out), and the best probe among those last decoder layers.
+layers (dec2, up1, cat1, out), and the best probe among those last decoder layers. (3, only
+when ``unet_layerwise`` ran first): the decoder's median PSNR above the optimisation's on every
+lossy or ill-conditioned layer, and below it on every injective, well-conditioned one.
 
 Result measured (default profile; held-out dice, mean over 128 images, std 0.005-0.05):
 
@@ -59,6 +81,19 @@ Result measured (default profile; held-out dice, mean over 128 images, std 0.005
   lose 1 and 22 directions below float32 rounding (72 and 184 at 8-bit) while being good
   probes (0.948, 0.978). Segmentation quality and input information are unrelated here: the
   mask is a small part of what the input holds.
+* learned inverses (``python -m experiments.unet_layerwise --out D`` then ``python -m
+  experiments.layer_probes --out D``; 6 test crops; median PSNR, decoder vs optimisation, dB):
+  enc1 18.7 vs 157.7, pool1 19.4 vs 152.9, enc2 18.9 vs 27.6, pool2 18.1 vs 18.4, bottleneck
+  16.4 vs 15.0, up2 16.6 vs 15.2, cat2 19.0 vs 24.8, dec2 18.4 vs 20.5, up1 17.7 vs 17.8, cat1
+  19.5 vs 28.9, out 14.6 vs 16.7. Visible fraction 0.605 (101 of 256 directions lost, exactly)
+  at bottleneck and up2, 1.000 elsewhere (out: 1 direction below float32 rounding, 4 at
+  8-bit; condition number 3.9e4). The decoders' PSNR is flat (14.6-19.5 dB: an averaged, blurred
+  reconstruction whatever the layer); optimisation's ranges from exact (enc1, pool1) to 15 dB.
+  The decoder beats optimisation on the two lossy layers (by 1.3 and 1.4 dB) and optimisation
+  beats it on all eight injective, well-conditioned layers (narrowly at pool2 and up1, by 0.3
+  and 0.04 dB), but not on the ill-conditioned ``out`` (16.7 vs 14.6): reference row 3 **no**,
+  on that one layer. A decoder of 200 steps on 512 crops is a weak learned inverse; the
+  comparison is of these sizes, not of the best decoder possible.
 """
 
 from __future__ import annotations
@@ -66,6 +101,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import time
 
 import jax
 import numpy as np
@@ -83,6 +119,8 @@ from experiments.common import (
     write_metrics,
 )
 from experiments.config import ExperimentConfig, select_profile
+from inversion.metrics import psnr as psnr_db
+from models.layer_decoders import decode_layers, train_layer_decoders
 from models.losses import dice, iou
 from models.probes import evaluate_probe, probe_predict, train_probe
 
@@ -106,6 +144,10 @@ class Config(ExperimentConfig):
     lr: float = 0.1  # Adam learning rate of the probes
     cert_images: int = 2  # test-scene crops certified per layer
     train_profile: TrainProfile = "default"  # training sizes of the two U-Nets
+    decoder_steps: int = 200  # Adam steps of the per-layer decoders (learned inverses)
+    decoder_max_width: int = 32  # widest decoder (width = clip(channels, 16, this))
+    decoder_depth: int = 2  # 3x3 convolutions after a decoder's upsampling
+    decoder_images: int = 6  # test crops decoded when unet_layerwise did not run first
 
 
 def get_config(profile: str = "default") -> Config:
@@ -114,10 +156,26 @@ def get_config(profile: str = "default") -> Config:
     return select_profile(
         profile,
         quick=Config(
-            probe_train=64, probe_test=32, steps=100, cert_images=1, train_profile="quick"
+            probe_train=64,
+            probe_test=32,
+            steps=100,
+            cert_images=1,
+            train_profile="quick",
+            decoder_steps=20,
+            decoder_max_width=16,
+            decoder_depth=0,
+            decoder_images=2,
         ),
         default=Config(),
-        full=Config(probe_train=1000, probe_test=256, steps=1000, cert_images=8),
+        full=Config(
+            probe_train=1000,
+            probe_test=256,
+            steps=1000,
+            cert_images=8,
+            decoder_steps=1000,
+            decoder_max_width=64,
+            decoder_images=12,
+        ),
     )
 
 
@@ -397,6 +455,223 @@ def layerwise_psnr(out: pathlib.Path) -> dict | None:
     }
 
 
+def layerwise_saved(out: pathlib.Path, train_profile: str) -> dict | None:
+    """``unet_layerwise``'s ``metrics.json`` in the same output folder when it ran there on the
+    same crops (``size == CERT_SIZE``) of the same U-Nets (``train_profile``); else ``None``."""
+    path = pathlib.Path(out) / "unet_layerwise" / "metrics.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    same = (
+        saved.get("constants", {}).get("size") == CERT_SIZE
+        and saved.get("config", {}).get("train_profile") == train_profile
+    )
+    if not same:
+        print(f"{path}: other crops or U-Nets than this run's; its PSNR is not compared")
+    return saved if same else None
+
+
+def _quadrants(images, size: int = CERT_SIZE) -> np.ndarray:
+    """The non-overlapping ``size x size`` crops of every image (4 per 32x32 scene)."""
+    h, w = images.shape[1:3]
+    tiles = [
+        images[:, i : i + size, j : j + size] for i in range(0, h, size) for j in range(0, w, size)
+    ]
+    return np.concatenate([np.asarray(t) for t in tiles])
+
+
+def learned_inverses(model, train_images, crops, config, *, train_profile: str) -> dict:
+    """Per layer of the seed U-Net, its learned inverse (``models.layer_decoders``) trained on
+    the ``CERT_SIZE`` crops of ``train_images`` and scored on ``crops``: PSNR per crop and the
+    median, and the seconds it took (training or cache restore, and decoding)."""
+    start = time.perf_counter()
+    names = models.layer_names(model)
+    decoders = train_layer_decoders(
+        model,
+        names,
+        _quadrants(train_images),
+        steps=config.decoder_steps,
+        model_key={"network": "seed_unet", "train_profile": train_profile},
+        max_width=config.decoder_max_width,
+        depth=config.decoder_depth,
+    )
+    x_hat = decode_layers(decoders, model, crops)
+    rows = {}
+    for name in names:
+        per_image = np.asarray(psnr_db(x_hat[name], crops, 1.0, reduce=False))
+        rows[name] = {"psnr": float(np.median(per_image)), "psnr_per_image": per_image}
+    return {"per_layer": rows, "seconds": time.perf_counter() - start, "x_hat": x_hat}
+
+
+def _hard(cert: dict) -> bool:
+    """Lossy (exact nullity > 0) or ill-conditioned (directions lost below float32 rounding)."""
+    return cert["nullity"] > 0 or cert["nullity_float32"] > 0
+
+
+def decoder_panel(decoded: dict, certificate: dict, saved: dict | None) -> dict:
+    """Per layer: the decoder's median PSNR, the optimisation's (``unet_layerwise``, same crops;
+    ``None`` without it), the certificate (``unet_layerwise``'s at the same crops when it ran,
+    else this run's at the first ``cert_images``) as visible fractions ``1 - nullity / n`` at
+    the three precisions, the condition number and whether the layer is lossy or
+    ill-conditioned (:func:`_hard`)."""
+    optimised = saved["skips"]["per_layer"] if saved else {}
+    certs = optimised or certificate
+    rows = {}
+    for name, dec in decoded["per_layer"].items():
+        c = certs[name]
+        rows[name] = {
+            "decoder_psnr": dec["psnr"],
+            "decoder_psnr_per_image": dec["psnr_per_image"],
+            "optimisation_psnr": optimised[name]["psnr"] if optimised else None,
+            "optimisation_psnr_per_image": optimised[name]["psnr_per_image"] if optimised else None,
+            **{
+                f"visible_{p}": 1.0 - c[f"nullity{k}"] / c["n_in"]
+                for p, k in (("exact", ""), ("float32", "_float32"), ("8bit", "_8bit"))
+            },
+            "nullity": c["nullity"],
+            "nullity_float32": c["nullity_float32"],
+            "nullity_8bit": c["nullity_8bit"],
+            "condition_number": c["condition_number"],
+            "lossy_or_ill_conditioned": _hard(c),
+        }
+    return {
+        "per_layer": rows,
+        "certificate_source": "unet_layerwise" if optimised else "layer_probes",
+        "test_crops": len(next(iter(decoded["per_layer"].values()))["psnr_per_image"]),
+        "seconds": decoded["seconds"],
+    }
+
+
+def decoder_reference(panel: dict) -> dict | None:
+    """The reference row: the decoder beats optimisation on every lossy or ill-conditioned
+    layer, and optimisation beats the decoder on every injective, well-conditioned one; ``None``
+    when ``unet_layerwise`` did not run into the same folder first."""
+    rows = panel["per_layer"]
+    if any(r["optimisation_psnr"] is None for r in rows.values()):
+        return None
+    hard = [n for n in rows if rows[n]["lossy_or_ill_conditioned"]]
+    easy = [n for n in rows if n not in hard]
+    wins = lambda n: rows[n]["decoder_psnr"] > rows[n]["optimisation_psnr"]  # noqa: E731
+    decoder_wins_hard = [n for n in hard if wins(n)]
+    optimisation_wins_easy = [n for n in easy if not wins(n)]
+    return reference(
+        "seed U-Net, per layer: learned inverse (decoder) vs optimisation, median input PSNR on "
+        "the same test crops; lossy or ill-conditioned = exact or float32 nullity > 0",
+        "decoder > optimisation where the layer is lossy or ill-conditioned; optimisation > "
+        "decoder where it is injective and well conditioned",
+        {
+            "lossy_or_ill_conditioned": hard,
+            "decoder_wins_there": decoder_wins_hard,
+            "injective_well_conditioned": easy,
+            "optimisation_wins_there": optimisation_wins_easy,
+            "psnr_decoder_vs_optimisation": {
+                n: [rows[n]["decoder_psnr"], rows[n]["optimisation_psnr"]] for n in rows
+            },
+        },
+        len(decoder_wins_hard) == len(hard) and len(optimisation_wins_easy) == len(easy),
+        source="Dosovitskiy & Brox 2016 (learned inverses) vs Mahendran & Vedaldi 2015",
+    )
+
+
+PSNR_TOP = 60.0  # dB: the panel's top; exact recoveries (~150 dB) are marked above it
+
+
+def _plot_decoders(path, panel, crops, x_hat):
+    import matplotlib.pyplot as plt
+
+    rows = panel["per_layer"]
+    names = list(rows)
+    xs = np.arange(len(names))
+    fig = plt.figure(figsize=(12, 7.2))
+    grid = fig.add_gridspec(3, len(names) + 1, height_ratios=(2.2, 1.2, 0.9), hspace=0.55)
+    ax = fig.add_subplot(grid[0, :])
+    for i, n in enumerate(names):
+        if rows[n]["lossy_or_ill_conditioned"]:
+            ax.axvspan(i - 0.45, i + 0.45, color="C3", alpha=0.12, lw=0)
+    per_image = [rows[n]["decoder_psnr_per_image"] for n in names]
+    for i, values in enumerate(per_image):
+        ax.plot([i] * len(values), np.minimum(values, PSNR_TOP), ".", color="C2", alpha=0.35, ms=4)
+    ax.plot(
+        xs,
+        [rows[n]["decoder_psnr"] for n in names],
+        "o-",
+        color="C2",
+        label="learned inverse (decoder per layer), median",
+    )
+    opt = [rows[n]["optimisation_psnr"] for n in names]
+    if opt[0] is not None:
+        ax.plot(
+            xs,
+            np.minimum(opt, PSNR_TOP),
+            "s--",
+            color="C0",
+            label="optimisation (unet_layerwise, same crops), median",
+        )
+        for i, v in enumerate(opt):
+            if v > PSNR_TOP:
+                ax.annotate(
+                    f"{v:.0f} dB",
+                    (i, PSNR_TOP),
+                    textcoords="offset points",
+                    xytext=(0, -11),
+                    ha="center",
+                    fontsize=7,
+                    color="C0",
+                )
+    ax.set_ylim(0, PSNR_TOP + 2)
+    ax.set_xticks(xs, names, fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel("input PSNR from the layer [dB]")
+    ax.grid(alpha=0.3)
+    ax.plot([], [], "s", color="C3", alpha=0.25, ms=10, label="lossy or ill-conditioned layer")
+    ax.legend(fontsize=7.5, loc="upper right")
+    ax.set_title(
+        f"seed U-Net, {panel['test_crops']} test crops of {CERT_SIZE}x{CERT_SIZE} "
+        f"(dots: decoder per crop; capped at {PSNR_TOP:.0f} dB)",
+        fontsize=9,
+    )
+    ax = fig.add_subplot(grid[1, :])
+    for k, (p, label) in enumerate((("exact", "exact"), ("float32", "float32"), ("8bit", "8-bit"))):
+        ax.bar(
+            xs + (k - 1) * 0.27,
+            [rows[n][f"visible_{p}"] for n in names],
+            0.27,
+            label=label,
+            color=f"C{k + 4}",
+        )
+    for i, n in enumerate(names):
+        lost = [rows[n][k] for k in ("nullity", "nullity_float32", "nullity_8bit")]
+        if any(lost):
+            ax.text(i, 1.03, "lost " + "/".join(map(str, lost)), ha="center", fontsize=6.5)
+    ax.set_xticks(xs, names, fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(0, 1.32)
+    ax.set_ylabel("visible fraction\n(rank / n)")
+    ax.set_title(
+        f"certificate ({panel['certificate_source']}): fraction of the {CERT_SIZE**2} "
+        "input directions the layer determines, per precision (lost: nullity exact/f32/8-bit)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.grid(alpha=0.3, axis="y")
+    examples = [("input", crops[0])] + [(n, x_hat[n][0]) for n in names]
+    for c, (label, image) in enumerate(examples):
+        ax = fig.add_subplot(grid[2, c])
+        ax.imshow(np.asarray(image)[..., 0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(
+            label if c == 0 else f"{label}\n{rows[label]['decoder_psnr_per_image'][0]:.1f} dB",
+            fontsize=7,
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        "learned inverse per layer beside optimisation and the certificate "
+        "(bottom: decoder reconstructions of test crop 0)",
+        fontsize=10,
+    )
+    save_figure(fig, path)
+
+
 def run(config: Config, out: pathlib.Path) -> dict:
     directory = experiment_dir(out, NAME)
     results, examples, baselines = {}, {t: {} for t in TASKS}, {}
@@ -413,6 +688,22 @@ def run(config: Config, out: pathlib.Path) -> dict:
         crops = test_set.images[: config.cert_images, lo : lo + CERT_SIZE, lo : lo + CERT_SIZE]
         res["certificate"] = layer_certificates(model, crops)
         results[variant] = res
+        if skips:  # the learned inverses: seed U-Net only, on unet_layerwise's test crops
+            saved = layerwise_saved(out, config.train_profile)
+            n = len(saved["skips"]["per_layer"]["out"]["psnr_per_image"]) if saved else None
+            test_crops = np.asarray(
+                test_set.images[
+                    : n or config.decoder_images, lo : lo + CERT_SIZE, lo : lo + CERT_SIZE
+                ]
+            )
+            decoded = learned_inverses(
+                model, data["scenes"][0], test_crops, config, train_profile=config.train_profile
+            )
+            panel = decoder_panel(decoded, res["certificate"], saved)
+            _plot_decoders(
+                directory / "layer_probes_decoders.png", panel, test_crops, decoded["x_hat"]
+            )
+            print(f"learned inverses: {panel['seconds']:.1f} s")
     for task in TASKS:
         x_train, y_train, x_test, y_test = data[task]
         result, _ = _probe(x_train, y_train, x_test, y_test, config)
@@ -428,6 +719,9 @@ def run(config: Config, out: pathlib.Path) -> dict:
         {t: np.asarray(data[t][3][0]) for t in TASKS},
     )
     refs = references(results)
+    decoder_row = decoder_reference(panel)
+    if decoder_row is not None:
+        refs.append(decoder_row)
     for row in refs:
         print(f"{row['quantity']}: {row['reproduced']} -> {'yes' if row['agrees'] else 'no'}")
     metrics = {
@@ -435,6 +729,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         **results,
         "input_probe": baselines,
         "inversion_psnr": psnr,  # from unet_layerwise in the same output folder, if it ran
+        "learned_inverses": panel,
         "references": refs,
     }
     write_metrics(directory, metrics, config)

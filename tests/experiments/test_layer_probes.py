@@ -43,8 +43,9 @@ def test_layer_probes_quick(tmp_path):
 
     returned = layer_probes.run(layer_probes.get_config("quick"), tmp_path)
     d = tmp_path / "layer_probes"
-    for png in ("layer_probes_dice.png", "layer_probes_iou.png", "layer_probes_examples.png"):
-        assert (d / png).stat().st_size > 0
+    pngs = ("dice", "iou", "examples", "decoders")
+    for png in (f"layer_probes_{name}.png" for name in pngs):
+        assert (d / png).stat().st_size > 0, png
     m = json.loads((d / "metrics.json").read_text())
     assert m["skips"]["layers"] == SEED_LAYERS == returned["skips"]["layers"]
     assert m["no_skips"]["layers"] == NO_SKIP_LAYERS
@@ -68,6 +69,43 @@ def test_layer_probes_quick(tmp_path):
             assert 0 <= cert["nullity"] <= cert["nullity_float32"] <= cert["nullity_8bit"]
     for task in ("scenes", "phantoms"):
         assert 0 <= m["input_probe"][task]["dice"] <= 1
+    # learned inverses of the seed U-Net's layers; without unet_layerwise in the same folder
+    # there is no optimisation to compare with, and no reference row for it
+    panel = m["learned_inverses"]
+    assert set(panel["per_layer"]) == set(SEED_LAYERS)  # metrics.json sorts the keys
+    assert panel["certificate_source"] == "layer_probes" and panel["test_crops"] == 2
+    for name, row in panel["per_layer"].items():
+        assert math.isfinite(row["decoder_psnr"]) and row["decoder_psnr"] > 0, name
+        assert len(row["decoder_psnr_per_image"]) == 2 and row["optimisation_psnr"] is None
+        assert 0 <= row["visible_8bit"] <= row["visible_float32"] <= row["visible_exact"] <= 1
+    assert panel["per_layer"]["bottleneck"]["lossy_or_ill_conditioned"]  # dead ReLUs at 4x4
     refs = m["references"]
     assert len(refs) == 2 and all(isinstance(r["agrees"], bool) for r in refs)
     assert refs[0]["reproduced"]["early"] >= 0 and refs[0]["reproduced"]["late"] >= 0
+
+
+def test_decoder_reference_row():
+    """The row agrees only if the decoder wins on every lossy or ill-conditioned layer and
+    optimisation on every other one."""
+    from experiments.layer_probes import decoder_reference
+
+    def panel(wins_hard, wins_easy):
+        row = lambda hard, dec, opt: {  # noqa: E731
+            "lossy_or_ill_conditioned": hard,
+            "decoder_psnr": dec,
+            "optimisation_psnr": opt,
+        }
+        return {
+            "per_layer": {
+                "a": row(True, 20.0, 10.0 if wins_hard else 30.0),
+                "b": row(False, 20.0, 40.0 if not wins_easy else 15.0),
+            }
+        }
+
+    assert decoder_reference(panel(True, False))["agrees"]
+    got = decoder_reference(panel(False, False))
+    assert not got["agrees"] and got["reproduced"]["decoder_wins_there"] == []
+    assert not decoder_reference(panel(True, True))["agrees"]
+    no_opt = panel(True, False)
+    no_opt["per_layer"]["a"]["optimisation_psnr"] = None
+    assert decoder_reference(no_opt) is None
