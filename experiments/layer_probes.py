@@ -6,7 +6,7 @@ the probe inputs were channel-padded to one compile per resolution); --quick 24 
 smoke test, which trains the quick no-skip U-Net); --full not yet measured. The learned
 inverses add (same VM, load average 6-8 from other jobs, cold decoder cache, i.e. training
 included) 45.1 s to the default profile (whole run 160 s) and 11.1 s to --quick (whole run
-70 s); a second run restores them from the model cache (--quick: 1.5 s).
+70 s); a second run restores them from the model cache (default 3.6 s, --quick 1.5 s).
 
 Method. For every named layer ``l`` of the trained seed U-Net (enc1, pool1, enc2, pool2,
 bottleneck, up2, cat2, dec2, up1, cat1, out) and of the same U-Net trained without skips
@@ -87,7 +87,7 @@ Result measured (default profile; held-out dice, mean over 128 images, std 0.005
   16.4 vs 15.0, up2 16.6 vs 15.2, cat2 19.0 vs 24.8, dec2 18.4 vs 20.5, up1 17.7 vs 17.8, cat1
   19.5 vs 28.9, out 14.6 vs 16.7. Visible fraction 0.605 (101 of 256 directions lost, exactly)
   at bottleneck and up2, 1.000 elsewhere (out: 1 direction below float32 rounding, 4 at
-  8-bit; condition number 3.9e4). The decoders' PSNR is flat (14.6-19.5 dB: an averaged, blurred
+  8-bit, condition number 3.9e4; up1: 1 at 8-bit). The decoders' PSNR is flat (14.6-19.5 dB: an averaged, blurred
   reconstruction whatever the layer); optimisation's ranges from exact (enc1, pool1) to 15 dB.
   The decoder beats optimisation on the two lossy layers (by 1.3 and 1.4 dB) and optimisation
   beats it on all eight injective, well-conditioned layers (narrowly at pool2 and up1, by 0.3
