@@ -150,12 +150,6 @@ def _pin(plan: Plan, carry: Carry) -> Carry:
     return jax.tree.map(lambda a: lax.with_sharding_constraint(a, plan.sharding), carry)
 
 
-def start_rows(plan: Plan, x0: Array, targets: Array) -> Carry:
-    """Every row of ``x0`` (``(B, *xs)``) started by :func:`start`: the batched carry."""
-    carry = jax.vmap(lambda x, y: start(plan.objective(y), plan.solver, x, plan.steps))(x0, targets)
-    return _pin(plan, carry)
-
-
 def make_step(plan: Plan) -> Callable[[Array, Carry, Array], tuple[Carry, Array]]:
     """The batched step ``step(i, carry, targets) -> (carry, any row still running)`` (pure;
     jit it yourself)."""
@@ -179,8 +173,8 @@ def layout(flat: tuple, group: int | str | None) -> tuple:
 
 
 class Programs(NamedTuple):
-    """The jitted pieces of one plan: ``start``, one ``step``, the whole ``loop`` and
-    ``finish``."""
+    """The jitted pieces of one plan: ``start`` (:func:`start` on every row), one ``step``,
+    the whole ``loop`` and ``finish``."""
 
     start: Callable
     step: Callable
@@ -199,7 +193,10 @@ def _build(plan: Plan) -> Programs:
         return layout(rows(carry, targets), group)
 
     return Programs(
-        start=jax.jit(functools.partial(start_rows, plan)),
+        start=jax.jit(
+            jax.vmap(lambda x, y: start(plan.objective(y), plan.solver, x, plan.steps)),
+            out_shardings=plan.sharding,  # the row axis on the mesh, as the step keeps it
+        ),
         step=jax.jit(step, donate_argnums=(1,)),
         loop=jax.jit(loop, donate_argnums=(0,)),
         finish=jax.jit(finish_rows, static_argnums=2),
@@ -373,7 +370,7 @@ def step_cost(
     y_struct = jax.ShapeDtypeStruct(
         (size, *targets.shape[1:]), targets.dtype, sharding=plan.sharding
     )
-    carry = jax.eval_shape(functools.partial(start_rows, plan), x_struct, y_struct)
+    carry = jax.eval_shape(programs(plan).start, x_struct, y_struct)
     i = jax.ShapeDtypeStruct((), jnp.int32)
     compiled = jax.jit(make_step(plan)).lower(i, carry, y_struct).compile()
     cost = compiled.cost_analysis()

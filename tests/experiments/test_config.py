@@ -180,7 +180,16 @@ PINNED = {
     },
     "layer_probes": {
         "quick": dict(
-            probe_train=64, probe_test=32, steps=100, lr=0.1, cert_images=1, train_profile="quick"
+            probe_train=64,
+            probe_test=32,
+            steps=100,
+            lr=0.1,
+            cert_images=1,
+            train_profile="quick",
+            decoder_steps=20,
+            decoder_max_width=16,
+            decoder_depth=0,
+            decoder_images=2,
         ),
         "default": dict(
             probe_train=128,
@@ -189,6 +198,10 @@ PINNED = {
             lr=0.1,
             cert_images=2,
             train_profile="default",
+            decoder_steps=200,
+            decoder_max_width=32,
+            decoder_depth=2,
+            decoder_images=6,
         ),
     },
     "real_network": {

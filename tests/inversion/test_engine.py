@@ -11,7 +11,7 @@ import pytest
 import inversion
 from inversion import engine
 from inversion.closed_form import affine_inverse
-from inversion.driver import Plan, make_step, programs, start_rows
+from inversion.driver import Plan, make_step, programs
 from inversion.engine import invert, invert_batch
 from inversion.losses import mse
 from inversion.regularizers import l2_prior
@@ -378,7 +378,7 @@ def test_step_under_jit_equals_no_jit():
     for use_jit in (True, False):
         with jax.disable_jit(not use_jit):
             step = jax.jit(make_step(problem))
-            carry, _ = step(jnp.asarray(0), start_rows(problem, x0, ys), ys)
+            carry, _ = step(jnp.asarray(0), programs(problem).start(x0, ys), ys)
             outs.append((carry.x, carry.history[:, 0], carry.n, carry.code))
     # x1 = x0 - lr (2 / m) W^T (W x0 + b - y): sums of n + m + 2 = 12 terms, so one path is
     # within 12 u = 6 eps32 of exact, relative to mag = lr (2 / m) |W|^T (|b| + |y|) (x0 = 0)
