@@ -43,7 +43,7 @@ convolutions; the activation scaled by ``1 / std`` over the training set, folded
 afterwards) is trained to minimise ``mean ||g_l(A_l(x)) - x||^2`` on the four 16x16 quadrants
 of the probes' training scenes (512 crops by default, 256 quick), all eleven decoders as ONE
 compiled model (Adam 5e-3, cosine, batch 32; default 200 steps, max width 32, depth 2; quick 20
-steps, max width 16, depth 0; full 1,000, 64, 2), cached (``models.cached_train``). They decode
+steps, max width 16, depth 0, only pool1, bottleneck and out; full 1,000, 64, 2), cached (``models.cached_train``). They decode
 the centre 16x16 crops of the U-Net's test scenes that ``unet_layerwise`` inverts (its count,
 when it ran into the same folder with the same U-Nets; else ``decoder_images``), clipped to
 [0, 1]. Beside each layer's median decoder PSNR: the optimisation's median PSNR on the same
@@ -148,6 +148,7 @@ class Config(ExperimentConfig):
     decoder_max_width: int = 32  # widest decoder (width = clip(channels, 16, this))
     decoder_depth: int = 2  # 3x3 convolutions after a decoder's upsampling
     decoder_images: int = 6  # test crops decoded when unet_layerwise did not run first
+    decoder_layers: tuple[str, ...] = ()  # layers given a decoder (empty: every named layer)
 
 
 def get_config(profile: str = "default") -> Config:
@@ -165,6 +166,7 @@ def get_config(profile: str = "default") -> Config:
             decoder_max_width=16,
             decoder_depth=0,
             decoder_images=2,
+            decoder_layers=("pool1", "bottleneck", "out"),
         ),
         default=Config(),
         full=Config(
@@ -485,7 +487,7 @@ def learned_inverses(model, train_images, crops, config, *, train_profile: str) 
     the ``CERT_SIZE`` crops of ``train_images`` and scored on ``crops``: PSNR per crop and the
     median, and the seconds it took (training or cache restore, and decoding)."""
     start = time.perf_counter()
-    names = models.layer_names(model)
+    names = list(config.decoder_layers) or models.layer_names(model)
     decoders = train_layer_decoders(
         model,
         names,

@@ -190,6 +190,7 @@ PINNED = {
             decoder_max_width=16,
             decoder_depth=0,
             decoder_images=2,
+            decoder_layers=("pool1", "bottleneck", "out"),
         ),
         "default": dict(
             probe_train=128,
@@ -202,6 +203,7 @@ PINNED = {
             decoder_max_width=32,
             decoder_depth=2,
             decoder_images=6,
+            decoder_layers=(),
         ),
     },
     "real_network": {

@@ -30,7 +30,12 @@ TARGETS = np.asarray(
         jnp.asarray(np.random.default_rng(1).normal(size=(11, 3)), jnp.float32)
     )
 )
-KW = dict(x_shape=(3,), steps=15, optimizer="adam", learning_rate=0.05, progress=False)
+KW = dict(
+    starts=inversion.Starts(x_shape=(3,)),
+    steps=15,
+    solver=inversion.solvers.Optax(optax.adam(0.05)),
+    execution=inversion.Execution(progress=False),
+)
 
 
 def fn(x):
@@ -97,7 +102,11 @@ def test_a_corrupted_chunk_is_detected_and_solved_again(tmp_path):
 
 def test_other_options_or_other_targets_are_refused(tmp_path):
     invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **KW)
-    for change in (dict(steps=16), dict(learning_rate=0.06), dict(key=jax.random.key(0))):
+    for change in (
+        dict(steps=16),
+        dict(solver=inversion.solvers.Optax(optax.adam(0.06))),
+        dict(starts=inversion.Starts(x_shape=(3,), key=jax.random.key(0))),
+    ):
         with pytest.raises(ValueError, match="different options"):
             invert_dataset(fn, TARGETS, out_dir=tmp_path, chunk_rows=4, **{**KW, **change})
     with pytest.raises(ValueError, match="different options"):

@@ -62,7 +62,12 @@ def test_counter_sees_a_compilation():
 
 
 def test_engine_second_call_with_new_targets_compiles_nothing():
-    kw = dict(x_shape=(5,), solver=SOLVER, steps=6, bounds=(-1.0, 1.0))
+    kw = dict(
+        starts=inversion.Starts(x_shape=(5,)),
+        solver=SOLVER,
+        steps=6,
+        problem=inversion.Problem(bounds=(-1.0, 1.0)),
+    )
     first = inversion.invert_batch(fn, targets(0), **kw)
     first.x.block_until_ready()
     with count_compiles() as compiles:

@@ -184,7 +184,12 @@ def test_engine_accepts_every_solver_and_batch_equals_loop_of_invert(name):
     solver = ALL[name]
     xs = jnp.asarray(np.random.default_rng(8).uniform(0.1, 0.9, size=(3, 12)), jnp.float32)
     ys = jax.vmap(relu_affine)(xs)
-    kw = dict(x0=None, x_shape=(12,), solver=solver, steps=6, bounds=(0.0, 1.0))
+    kw = dict(
+        starts=inversion.Starts(x_shape=(12,)),
+        solver=solver,
+        steps=6,
+        problem=inversion.Problem(bounds=(0.0, 1.0)),
+    )
     batch = inversion.invert_batch(relu_affine, ys, **kw)
     for i in range(3):
         one = inversion.invert(relu_affine, ys[i], **kw)
