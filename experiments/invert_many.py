@@ -301,7 +301,7 @@ def run_worker(args) -> dict:
         targets,
         out_dir=args.out,
         chunk_rows=chunk_rows,
-        progress=not args.no_progress,
+        execution=inversion.Execution(progress=not args.no_progress),
         x0_shared=np.full((size, size, 1), 0.5, np.float32),
         solver=solver,
         steps=steps,

@@ -24,12 +24,13 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 import models
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
 from experiments.config import ExperimentConfig, select_profile
-from inversion import closed_form, invert
+from inversion import closed_form, invert, solvers
 
 NAME = "linear_inversion"
 Y0, X_START = 100.0, 1.0
@@ -79,7 +80,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
     w_ls, b_ls = np.linalg.lstsq(design, np.asarray(y_data)[:, 0], rcond=None)[0]
 
     steps = config.steps
-    options = dict(x0=jnp.array([X_START]), optimizer="adam", learning_rate=config.lr)
+    options = dict(x0=jnp.array([X_START]), solver=solvers.Optax(optax.adam(config.lr)))
     result = invert(model, jnp.array([Y0]), steps=steps, **options)
     x0 = float(result.x[0])
     exact = closed_form.affine_inverse(np.array([[w]]), np.array([b]), np.array([Y0]))
