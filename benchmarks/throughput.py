@@ -31,7 +31,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import inversion
 from benchmarks import benchmarking as bm
@@ -76,7 +75,7 @@ def _jax_runner(fn, targets, x0, steps, loop):
             targets,
             x0=x0,
             steps=steps,
-            solver=inversion.solvers.Optax(optax.adam(LEARNING_RATE)),
+            solver=inversion.solvers.Optax.by_name("adam", LEARNING_RATE),
             execution=inversion.Execution(loop=loop),
         ).x
         return np.asarray(jax.block_until_ready(x))
@@ -178,7 +177,7 @@ def measure(
             targets,
             x0=x0,
             steps=steps,
-            solver=inversion.solvers.Optax(optax.adam(LEARNING_RATE)),
+            solver=inversion.solvers.Optax.by_name("adam", LEARNING_RATE),
         )
         runs = {("jax", lp): _jax_runner(fn, targets, x0, steps, lp) for lp in loops}
         for n in thread_counts:

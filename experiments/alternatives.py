@@ -52,7 +52,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import inversion
@@ -127,7 +126,7 @@ def _optimise(model, targets, steps):
         models.per_example(*models.split(model)),
         targets,
         steps=steps,
-        solver=inversion.solvers.Optax(optax.adam(0.05)),
+        solver=inversion.solvers.Optax.by_name("adam", 0.05),
         problem=inversion.Problem(bounds=(0.0, 1.0)),
         starts=inversion.Starts(x_shape=targets.shape[1:], key=jax.random.key(7), init_scale=0.1),
     ).x

@@ -90,7 +90,6 @@ from typing import Literal
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 import inversion
@@ -284,7 +283,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         unet_fn,
         y,
         steps=config.invert_steps,
-        solver=inversion.solvers.Optax(optax.adam(0.05)),
+        solver=inversion.solvers.Optax.by_name("adam", 0.05),
         problem=inversion.Problem(bounds=(0.0, 1.0)),
         starts=inversion.Starts(x_shape=x.shape[1:], key=jax.random.key(7), init_scale=0.1),
     ).x

@@ -24,7 +24,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import models
@@ -80,7 +79,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
     w_ls, b_ls = np.linalg.lstsq(design, np.asarray(y_data)[:, 0], rcond=None)[0]
 
     steps = config.steps
-    options = dict(x0=jnp.array([X_START]), solver=solvers.Optax(optax.adam(config.lr)))
+    options = dict(x0=jnp.array([X_START]), solver=solvers.Optax.by_name("adam", config.lr))
     result = invert(model, jnp.array([Y0]), steps=steps, **options)
     x0 = float(result.x[0])
     exact = closed_form.affine_inverse(np.array([[w]]), np.array([b]), np.array([Y0]))

@@ -29,7 +29,6 @@ import pathlib
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import inversion
 from experiments.common import cli, experiment_dir, reference, save_figure, write_metrics
@@ -136,7 +135,7 @@ def _error_split(cfg: Config, rng, ratios=(1.0, 2.0, 4.0)):
             jnp.asarray(Y, jnp.float32),
             x0=x0,
             steps=cfg.steps,
-            solver=inversion.solvers.Optax(optax.adam(0.05)),
+            solver=inversion.solvers.Optax.by_name("adam", 0.05),
         )
         splits = [
             preimage_error_split(W, None, y, np.asarray(xr, np.float64), x, tol=1e-4)

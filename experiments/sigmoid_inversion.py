@@ -24,7 +24,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import inversion
@@ -88,7 +87,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         x0=jnp.ones((len(TARGETS), 1)),
         steps=config.steps,
         tol=config.tol,
-        solver=inversion.solvers.Optax(optax.adam(config.lr)),
+        solver=inversion.solvers.Optax.by_name("adam", config.lr),
     )
     rows = []
     for i, y0 in enumerate(TARGETS):

@@ -27,7 +27,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import inversion
 import models
@@ -81,7 +80,7 @@ def run(config: Config, out: pathlib.Path) -> dict:
         fn,
         targets,
         steps=config.steps,
-        solver=inversion.solvers.Optax(optax.adam(config.lr)),
+        solver=inversion.solvers.Optax.by_name("adam", config.lr),
         problem=inversion.Problem(bounds=(0.0, 1.0)),
         starts=inversion.Starts(
             x_shape=x_true.shape[1:],

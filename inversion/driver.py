@@ -153,10 +153,11 @@ def _pin(plan: Plan, carry: Carry) -> Carry:
 def make_step(plan: Plan) -> Callable[[Array, Carry, Array], tuple[Carry, Array]]:
     """The batched step ``step(i, carry, targets) -> (carry, any row still running)`` (pure;
     jit it yourself)."""
-    rows = jax.vmap(lambda row, y, i: advance(plan.objective(y), plan.solver, row, i, plan.tol))
 
     def step(i: Array, carry: Carry, targets: Array) -> tuple[Carry, Array]:
-        carry = _pin(plan, rows(carry, targets, jnp.broadcast_to(i, targets.shape[:1])))
+        # i is shared by every row (not vmapped): history[:, i] is one slice update
+        rows = jax.vmap(lambda row, y: advance(plan.objective(y), plan.solver, row, i, plan.tol))
+        carry = _pin(plan, rows(carry, targets))
         return carry, jnp.any(carry.code == RUNNING)
 
     return step

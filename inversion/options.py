@@ -190,8 +190,11 @@ def from_keywords(
                     "give either solver= or optimizer=/learning_rate= (an optimizer is a "
                     "solver: solvers.Optax(optax.adam(lr))), not both"
                 )
-            tx = checks.resolve_optimizer(flat.get("optimizer"), flat.get("learning_rate"))
-            solver = Optax(tx)
+            name, rate = flat.get("optimizer"), flat.get("learning_rate")
+            if name is None or isinstance(name, str):  # cached: equal names share programs
+                solver = Optax.by_name(name or "adam", rate)
+            else:
+                solver = Optax(checks.resolve_optimizer(name, rate))
             continue
         if given[group] is not None:
             raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -40,6 +41,14 @@ class Optax(Solver):
                 f"{type(self.optimizer).__name__}"
             )
 
+    @classmethod
+    def by_name(cls, name: str, learning_rate: float | None = None) -> Optax:
+        """``Optax(optax.adam(lr))`` (``'adam'``, ``'sgd'``; ``'lbfgs'``: ``optax.lbfgs``), the
+        SAME object for equal arguments. The engine caches compiled programs per solver object
+        and ``optax.adam(lr)`` makes a new one at every call, so ``Optax(optax.adam(lr))``
+        written inside a loop recompiles at every call; ``Optax.by_name('adam', lr)`` does not."""
+        return _by_name(name, None if learning_rate is None else float(learning_rate))
+
     def init(self, objective: Objective, x: Array) -> OptaxState:
         return OptaxState(self.optimizer.init(x), inf_like(x), jnp.zeros((), bool))
 
@@ -53,3 +62,10 @@ class Optax(Solver):
             updates, opt_state = self.optimizer.update(grad, state.opt_state, x)
         x_next = objective.project(optax.apply_updates(x, updates))
         return x_next, OptaxState(opt_state, value, all_zero(grad))
+
+
+@functools.lru_cache(maxsize=64)
+def _by_name(name: str, learning_rate: float | None) -> Optax:
+    from inversion import checks
+
+    return Optax(checks.resolve_optimizer(name, learning_rate))
